@@ -1,0 +1,1 @@
+"""Pure-function neural-network primitives shared by every model."""

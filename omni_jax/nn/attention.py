@@ -1,0 +1,48 @@
+"""Dot-product attention: masked (with GQA) and windowed (block-diagonal, packed into windows)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+# A finite mask value keeps fully masked rows (left padding) free of NaN.
+MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+def attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, *, mask: jax.Array | None = None, scale: float | None = None
+) -> jax.Array:
+    """Softmax attention. q: b t h d; k, v: b s kh d with h % kh == 0 (GQA); mask: bool, broadcastable to
+    b h t s, True where a query may attend. Softmax in float32, as HF's eager path. -> b t h d."""
+    b, t, h, d = q.shape
+    kh = k.shape[2]
+    if h % kh:
+        raise ValueError(f"query heads {h} not a multiple of key/value heads {kh}")
+    scale = d**-0.5 if scale is None else scale
+    qg = q.reshape(b, t, kh, h // kh, d)
+    logits = jnp.einsum("btkgd,bskd->bkgts", qg, k).astype(jnp.float32) * scale
+    if mask is not None:
+        mask = jnp.broadcast_to(mask, (b, h, t, k.shape[1])).reshape(b, kh, h // kh, t, k.shape[1])
+        logits = jnp.where(mask, logits, MASK_VALUE)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, h, v.shape[-1])
+
+
+def windowed_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, *, window: int, key_mask: jax.Array, scale: float | None = None
+) -> jax.Array:
+    """Block-diagonal attention: token i attends to token j iff both lie in the same window of `window`
+    consecutive positions and key j is valid. q, k, v: b t h d with t % window == 0; key_mask: bool b t.
+    Costs O(t * window), not O(t^2). -> b t h d."""
+    b, t, h, d = q.shape
+    if t % window:
+        raise ValueError(f"sequence length {t} is not a multiple of the window {window}")
+    n = t // window
+
+    def to_windows(x):  # b t h d -> (b n) w h d
+        return x.reshape(b * n, window, *x.shape[2:])
+
+    mask = key_mask.reshape(b * n, 1, 1, window)
+    out = attention(to_windows(q), to_windows(k), to_windows(v), mask=mask, scale=scale)
+    return out.reshape(b, t, h, -1)

@@ -1,0 +1,135 @@
+"""Stateless layers: linear, norms, activations, convolutions. Activations are channels-last."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from omni_jax.nn.params import ParamSpec
+
+# ---------------------------------------------------------------- specs
+
+
+def linear_spec(d_in: int, d_out: int, *, bias: bool = True, axes=("embed", "mlp"), scale=0.02) -> dict:
+    spec = {"kernel": ParamSpec((d_in, d_out), axes, scale=scale)}
+    if bias:
+        spec["bias"] = ParamSpec((d_out,), (axes[1],), init="zeros")
+    return spec
+
+
+def layer_norm_spec(d: int, axis: str | None = "embed") -> dict:
+    return {"scale": ParamSpec((d,), (axis,), init="ones"), "bias": ParamSpec((d,), (axis,), init="zeros")}
+
+
+def rms_norm_spec(d: int, axis: str | None = "embed") -> dict:
+    return {"scale": ParamSpec((d,), (axis,), init="ones")}
+
+
+def conv1d_spec(c_in: int, c_out: int, kernel: int, *, groups: int = 1, bias: bool = True) -> dict:
+    """Kernel layout (K, C_in/groups, C_out), the JAX WIO layout."""
+    spec = {"kernel": ParamSpec((kernel, c_in // groups, c_out), (None, None, "conv_out"))}
+    if bias:
+        spec["bias"] = ParamSpec((c_out,), ("conv_out",), init="zeros")
+    return spec
+
+
+def conv2d_spec(c_in: int, c_out: int, kernel: tuple[int, int], *, bias: bool = True) -> dict:
+    """Kernel layout HWIO."""
+    spec = {"kernel": ParamSpec((*kernel, c_in, c_out), (None, None, None, "conv_out"))}
+    if bias:
+        spec["bias"] = ParamSpec((c_out,), ("conv_out",), init="zeros")
+    return spec
+
+
+# ---------------------------------------------------------------- functions
+
+
+def linear(p: dict, x: jax.Array, precision=None) -> jax.Array:
+    """x @ kernel (+ bias). x: ... d_in -> ... d_out."""
+    y = jnp.matmul(x, p["kernel"].astype(x.dtype), precision=precision)
+    if "bias" in p:
+        y = y + p["bias"].astype(y.dtype)
+    return y
+
+
+def layer_norm(p: dict, x: jax.Array, eps: float = 1e-5) -> jax.Array:
+    """LayerNorm over the last axis, statistics in float32."""
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(-1, keepdims=True)
+    var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + eps)
+    return (y * p["scale"].astype(jnp.float32) + p["bias"].astype(jnp.float32)).astype(x.dtype)
+
+
+def rms_norm(p: dict, x: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """HF order: normalise in float32, cast back to the input dtype, then multiply by the weight."""
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), -1, keepdims=True) + eps)
+    return p["scale"] * y.astype(x.dtype)
+
+
+_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "relu": jax.nn.relu,
+    "sigmoid": jax.nn.sigmoid,
+    "tanh": jnp.tanh,
+}
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    """The activation HF calls `name` (ACT2FN)."""
+    try:
+        return _ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"unsupported activation {name!r}; supported: {sorted(_ACTIVATIONS)}") from None
+
+
+def conv1d(
+    p: dict,
+    x: jax.Array,
+    *,
+    stride: int = 1,
+    padding: int | tuple[int, int] = 0,
+    dilation: int = 1,
+    groups: int = 1,
+    precision=None,
+) -> jax.Array:
+    """x: b t c_in -> b t' c_out. `padding` is zero padding (left, right) or symmetric."""
+    pad = (padding, padding) if isinstance(padding, int) else tuple(padding)
+    y = jax.lax.conv_general_dilated(
+        x,
+        p["kernel"].astype(x.dtype),
+        window_strides=(stride,),
+        padding=(pad,),
+        rhs_dilation=(dilation,),
+        dimension_numbers=("NWC", "WIO", "NWC"),
+        feature_group_count=groups,
+        precision=precision,
+    )
+    if "bias" in p:
+        y = y + p["bias"].astype(y.dtype)
+    return y
+
+
+def conv2d(
+    p: dict, x: jax.Array, *, stride: tuple[int, int] = (1, 1), padding=((0, 0), (0, 0)), precision=None
+) -> jax.Array:
+    """x: b h w c_in -> b h' w' c_out (NHWC, HWIO kernel)."""
+    y = jax.lax.conv_general_dilated(
+        x,
+        p["kernel"].astype(x.dtype),
+        window_strides=stride,
+        padding=padding,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=precision,
+    )
+    if "bias" in p:
+        y = y + p["bias"].astype(y.dtype)
+    return y

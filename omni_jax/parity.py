@@ -1,0 +1,90 @@
+"""Numerical parity of omni_jax against the transformers classes it reimplements.
+
+`compare(torch_module, *args, **kwargs)` converts the module's config and weights, runs both on the same
+arguments and reports the difference. Supported classes are listed in `SUPPORTED`; each model module
+defines `PARITY = {class_name: ParityCase}`. torch is imported only by the cases themselves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+MODULE_ATOL = 1e-4
+LOGITS_ATOL = 1e-3
+
+# class name -> module defining PARITY[class name]
+SUPPORTED: dict[str, str] = {
+    "WhisperEncoder": "omni_jax.models.whisper_encoder",
+    "Qwen2AudioEncoder": "omni_jax.models.whisper_encoder",
+    "AudioFlamingo3Encoder": "omni_jax.models.whisper_encoder",
+    "Qwen3OmniMoeAudioEncoder": "omni_jax.models.aut_encoder",
+    "Qwen2ForCausalLM": "omni_jax.models.decoder",
+    "Qwen3ForCausalLM": "omni_jax.models.decoder",
+    "Qwen3MoeForCausalLM": "omni_jax.models.decoder",
+    "Qwen3OmniMoeThinkerTextModel": "omni_jax.models.decoder",
+    "Qwen3OmniMoeCode2Wav": "omni_jax.models.code2wav",
+    "AudioFlamingo3ForConditionalGeneration": "omni_jax.models.audioflamingo3",
+    "Qwen3OmniMoeThinkerForConditionalGeneration": "omni_jax.models.qwen3_omni_thinker",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ParityCase:
+    """How to run one transformers class and its JAX counterpart on the same arguments.
+
+    run(torch_module, *args, **kwargs) -> (reference, ours), both numpy arrays of one shape."""
+
+    run: Callable[..., tuple[np.ndarray, np.ndarray]]
+    atol: float = MODULE_ATOL
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    name: str
+    max_abs_diff: float
+    max_rel_diff: float
+    reference_shape: tuple[int, ...]
+    shape: tuple[int, ...]
+    atol: float
+
+    @property
+    def ok(self) -> bool:
+        return self.reference_shape == self.shape and self.max_abs_diff <= self.atol
+
+    def __str__(self) -> str:
+        verdict = "ok" if self.ok else "FAIL"
+        return (
+            f"{self.name}: max_abs={self.max_abs_diff:.3g} max_rel={self.max_rel_diff:.3g} "
+            f"shape={self.shape} (reference {self.reference_shape}) atol={self.atol:g} {verdict}"
+        )
+
+
+def parity_case(torch_module: Any) -> ParityCase:
+    name = type(torch_module).__name__
+    if name not in SUPPORTED:
+        raise TypeError(f"parity.compare does not support {name}; supported: {', '.join(sorted(SUPPORTED))}")
+    module = importlib.import_module(SUPPORTED[name])
+    return module.PARITY[name]
+
+
+def report(name: str, reference: np.ndarray, ours: np.ndarray, atol: float) -> Report:
+    reference = np.asarray(reference, np.float64)
+    ours = np.asarray(ours, np.float64)
+    if reference.shape != ours.shape:
+        return Report(name, float("inf"), float("inf"), reference.shape, ours.shape, atol)
+    diff = np.abs(reference - ours)
+    max_abs = float(diff.max()) if diff.size else 0.0
+    max_rel = float((diff / np.maximum(np.abs(reference), 1e-6)).max()) if diff.size else 0.0
+    return Report(name, max_abs, max_rel, reference.shape, ours.shape, atol)
+
+
+def compare(torch_module: Any, *args: Any, atol: float | None = None, **kwargs: Any) -> Report:
+    """Run `torch_module(*args, **kwargs)` and the omni_jax function it maps to; report the difference."""
+    case = parity_case(torch_module)
+    reference, ours = case.run(torch_module, *args, **kwargs)
+    return report(type(torch_module).__name__, reference, ours, case.atol if atol is None else atol)
