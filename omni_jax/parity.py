@@ -88,3 +88,44 @@ def compare(torch_module: Any, *args: Any, atol: float | None = None, **kwargs: 
     case = parity_case(torch_module)
     reference, ours = case.run(torch_module, *args, **kwargs)
     return report(type(torch_module).__name__, reference, ours, case.atol if atol is None else atol)
+
+
+def whisper_features_reference(
+    waveforms, *, num_mel_bins: int = 80, padding: str = "max_length", max_samples: int = 480000, path: str = "numpy"
+) -> tuple[np.ndarray, np.ndarray]:
+    """transformers' WhisperFeatureExtractor on its numpy path (path="numpy") or its torch path ("torch")."""
+    import transformers.models.whisper.feature_extraction_whisper as fx
+
+    if path not in ("numpy", "torch"):
+        raise ValueError(f"path must be 'numpy' or 'torch', got {path!r}")
+    extractor = fx.WhisperFeatureExtractor(feature_size=num_mel_bins)
+    clips = [np.asarray(w, np.float32) for w in waveforms]
+    original = fx.is_torch_available
+    fx.is_torch_available = (lambda: False) if path == "numpy" else original
+    try:
+        out = extractor(
+            clips,
+            sampling_rate=16000,
+            padding=padding,
+            max_length=max_samples,
+            return_attention_mask=True,
+            return_tensors="np",
+        )
+    finally:
+        fx.is_torch_available = original
+    return out["input_features"], out["attention_mask"]
+
+
+def compare_features(
+    waveforms, *, num_mel_bins: int = 80, padding: str = "max_length", max_samples: int = 480000, path: str = "numpy"
+) -> Report:
+    """omni_jax.audio.log_mel against WhisperFeatureExtractor; a mask mismatch is reported as a shape failure."""
+    from omni_jax.audio import log_mel
+
+    ref, ref_mask = whisper_features_reference(
+        waveforms, num_mel_bins=num_mel_bins, padding=padding, max_samples=max_samples, path=path
+    )
+    ours, mask = log_mel(waveforms, num_mel_bins=num_mel_bins, padding=padding, max_samples=max_samples)
+    if not np.array_equal(np.asarray(mask), ref_mask):
+        return Report(f"log_mel mask ({path})", float("inf"), float("inf"), ref_mask.shape, (-1,), 2e-5)
+    return report(f"log_mel vs WhisperFeatureExtractor ({path} path)", ref, np.asarray(ours), 2e-5)

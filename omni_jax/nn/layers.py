@@ -133,3 +133,41 @@ def conv2d(
     if "bias" in p:
         y = y + p["bias"].astype(y.dtype)
     return y
+
+
+# ---------------------------------------------------------------- transposed conv, SnakeBeta
+
+
+def conv_transpose1d_spec(c_in: int, c_out: int, kernel: int, *, bias: bool = True) -> dict:
+    """Kernel layout (K, C_in, C_out): torch's (C_in, C_out, K) transposed, not flipped."""
+    spec = {"kernel": ParamSpec((kernel, c_in, c_out), (None, None, "conv_out"))}
+    if bias:
+        spec["bias"] = ParamSpec((c_out,), ("conv_out",), init="zeros")
+    return spec
+
+
+def conv_transpose1d(p: dict, x: jax.Array, *, stride: int = 1, precision=None) -> jax.Array:
+    """torch ConvTranspose1d without padding: x b t c_in -> b (t-1)*stride+K c_out. Runs as a polyphase
+    stride-1 conv (one output phase per stride position), so no zeros are multiplied."""
+    k, c_in, c_out = p["kernel"].shape
+    taps = -(-k // stride)
+    w = jnp.pad(p["kernel"].astype(x.dtype), ((0, taps * stride - k), (0, 0), (0, 0)))
+    # w[j*stride + q] is tap j of phase q; flip the taps to turn the scatter into a cross-correlation
+    w = w.reshape(taps, stride, c_in, c_out)[::-1].transpose(0, 2, 1, 3).reshape(taps, c_in, stride * c_out)
+    y = conv1d({"kernel": w}, x, padding=taps - 1, precision=precision)  # b t+taps-1 (stride c_out)
+    y = y.reshape(x.shape[0], -1, c_out)[:, : (x.shape[1] - 1) * stride + k]
+    if "bias" in p:
+        y = y + p["bias"].astype(y.dtype)
+    return y
+
+
+def snake_beta_spec(c: int) -> dict:
+    """Log-scale alpha (frequency) and beta (magnitude), initialised to 0."""
+    return {name: ParamSpec((c,), ("conv_out",), init="zeros") for name in ("alpha", "beta")}
+
+
+def snake_beta(p: dict, x: jax.Array) -> jax.Array:
+    """x + sin^2(x e^alpha) / (e^beta + 1e-9), per channel (last axis), in HF's operation order."""
+    alpha = jnp.exp(p["alpha"]).astype(x.dtype)
+    inv_beta = (1.0 / (jnp.exp(p["beta"]) + 1e-9)).astype(x.dtype)
+    return x + inv_beta * jnp.square(jnp.sin(x * alpha))

@@ -1,0 +1,52 @@
+"""Shared benchmark plumbing: timing, rows, and the --json / table output contract."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+
+def median_time(fn: Callable[[], object], *, warmup: int = 2, repeats: int = 7) -> float:
+    """Median wall time of fn() in seconds, after warm-up calls (compilation included there)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def row(name: str, jax_value: float, reference: float | None, unit: str, higher_is_better: bool = False) -> dict:
+    """One result row; ratio > 1 means JAX is better (faster, or higher throughput)."""
+    if reference is None or jax_value == 0:
+        ratio = None
+    else:
+        ratio = jax_value / reference if higher_is_better else reference / jax_value
+    return {"name": name, "jax": jax_value, "reference": reference, "unit": unit, "ratio": ratio}
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--json", action="store_true", help="one JSON object per row")
+    return p
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.4g}"
+
+
+def emit(rows: list[dict], as_json: bool) -> None:
+    if as_json:
+        for r in rows:
+            print(json.dumps(r), flush=True)
+        return
+    print(f"machine: {platform.machine()} {platform.processor() or ''}".strip())
+    print(f"{'case':<48} {'jax':>10} {'reference':>10} {'unit':>10} {'ratio':>7}")
+    for r in rows:
+        print(f"{r['name']:<48} {_fmt(r['jax']):>10} {_fmt(r['reference']):>10} {r['unit']:>10} {_fmt(r['ratio']):>7}")
