@@ -129,3 +129,59 @@ def compare_features(
     if not np.array_equal(np.asarray(mask), ref_mask):
         return Report(f"log_mel mask ({path})", float("inf"), float("inf"), ref_mask.shape, (-1,), 2e-5)
     return report(f"log_mel vs WhisperFeatureExtractor ({path} path)", ref, np.asarray(ours), 2e-5)
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateReport:
+    """Greedy tokens of transformers' `generate` against ours, both b n (new tokens only)."""
+
+    name: str
+    reference: np.ndarray
+    ours: np.ndarray
+
+    @property
+    def first_divergence(self) -> tuple[int, int] | None:
+        """(row, step) of the earliest differing token, None when identical."""
+        if self.reference.shape != self.ours.shape:
+            return (0, min(self.reference.shape[1], self.ours.shape[1]))
+        rows, steps = np.nonzero(self.reference != self.ours)
+        if not len(steps):
+            return None
+        i = int(np.argmin(steps))
+        return int(rows[i]), int(steps[i])
+
+    @property
+    def ok(self) -> bool:
+        return self.first_divergence is None
+
+    def __str__(self) -> str:
+        where = self.first_divergence
+        verdict = (
+            "identical" if where is None else f"FAIL: first divergence at row {where[0]}, step {where[1]}"
+        )
+        return (
+            f"{self.name}: {self.reference.shape[1]} new tokens x {self.reference.shape[0]} rows, {verdict}"
+        )
+
+
+def compare_generate(
+    hf_model: Any, input_ids: Any, attention_mask: Any, max_new_tokens: int, **inputs: Any
+) -> GenerateReport:
+    """Greedy `hf_model.generate` (its generation config's EOS and pad ids) against omni_jax's on-device loop;
+    `inputs` are further model inputs (audio features of multimodal models)."""
+    name = type(hf_model).__name__
+    if name not in SUPPORTED:
+        raise TypeError(
+            f"parity.compare_generate does not support {name}; supported: {', '.join(sorted(SUPPORTED))}"
+        )
+    module = importlib.import_module(SUPPORTED[name])
+    if name not in getattr(module, "GENERATE", {}):
+        raise TypeError(f"{name} has no generation parity case in {SUPPORTED[name]}")
+    reference, ours = module.GENERATE[name](hf_model, input_ids, attention_mask, max_new_tokens, **inputs)
+    return GenerateReport(name, np.asarray(reference), np.asarray(ours))
+
+
+if __name__ == "__main__":
+    from omni_jax.parity_cli import main
+
+    raise SystemExit(main())

@@ -9,6 +9,7 @@ model uses (kept verbatim so the folder converts back to a complete HF checkpoin
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -56,8 +57,14 @@ def atomic_dir(dst: Path, overwrite: bool = False) -> Iterator[Path]:
 class SafetensorsWriter:
     """Writes arrays, in an order declared up front, into safetensors shards (with an index if several)."""
 
-    def __init__(self, folder: Path, stem: str, entries: list[tuple[str, tuple, np.dtype]], metadata=None,
-                 max_shard_bytes: int = MAX_SHARD_BYTES):
+    def __init__(
+        self,
+        folder: Path,
+        stem: str,
+        entries: list[tuple[str, tuple, np.dtype]],
+        metadata=None,
+        max_shard_bytes: int = MAX_SHARD_BYTES,
+    ):
         self.folder, self.stem, self.metadata = folder, stem, metadata or {}
         self.shards: list[list[tuple[str, tuple, np.dtype]]] = [[]]
         size = 0
@@ -94,8 +101,11 @@ class SafetensorsWriter:
         header, offset = {"__metadata__": self.metadata}, 0
         for key, shape, dtype in self.shards[shard]:
             nbytes = _nbytes((key, shape, dtype))
-            header[key] = {"dtype": DTYPE_NAMES[np.dtype(dtype)], "shape": list(shape),
-                           "data_offsets": [offset, offset + nbytes]}
+            header[key] = {
+                "dtype": DTYPE_NAMES[np.dtype(dtype)],
+                "shape": list(shape),
+                "data_offsets": [offset, offset + nbytes],
+            }
             offset += nbytes
         blob = json.dumps(header, separators=(",", ":")).encode()
         blob += b" " * (-len(blob) % 8)
@@ -117,25 +127,31 @@ class SafetensorsWriter:
 
 
 class OrbaxWriter:
-    """Writes arrays one at a time into an orbax checkpoint (`params/`) by partial saves."""
+    """Writes arrays into an orbax checkpoint (`params/`) by partial saves of groups of up to `group_bytes`
+    (an array larger than that is saved alone), so little more than one array is held at a time."""
 
-    def __init__(self, folder: Path):
-        self.path = folder / PARAMS
+    def __init__(self, folder: Path, group_bytes: int = 256 << 20):
+        self.path, self.group_bytes = folder / PARAMS, group_bytes
+        self.pending: dict = {}
+        self.pending_bytes = 0
 
     def write(self, name: str, array: np.ndarray) -> None:
+        if self.pending and self.pending_bytes + array.nbytes > self.group_bytes:
+            self._flush()
+        set_path(self.pending, name, array)
+        self.pending_bytes += array.nbytes
+
+    def _flush(self) -> None:
         import orbax.checkpoint.experimental.v1 as ocp
 
-        tree: dict = {}
-        node = tree
-        *parents, last = name.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = array
-        ocp.partial.save(self.path, tree)
+        ocp.partial.save(self.path, self.pending)
+        self.pending, self.pending_bytes = {}, 0
 
     def close(self) -> list[str]:
         import orbax.checkpoint.experimental.v1 as ocp
 
+        if self.pending:
+            self._flush()
         ocp.partial.finalize(self.path)
         return [PARAMS]
 
@@ -183,7 +199,9 @@ class JaxCheckpoint:
         self.folder = Path(folder)
         self.manifest = read_manifest(self.folder)
         self.format = self.manifest["format"]
-        self.params = {p: (tuple(v["shape"]), np_dtype(v["dtype"])) for p, v in self.manifest["params"].items()}
+        self.params = {
+            p: (tuple(v["shape"]), np_dtype(v["dtype"])) for p, v in self.manifest["params"].items()
+        }
         self.source = _safetensors(self.folder, PARAMS) if self.format == "safetensors" else None
         self.passthrough = _safetensors(self.folder, PASSTHROUGH) if self.manifest["passthrough"] else None
 
@@ -206,11 +224,13 @@ class JaxCheckpoint:
         tree: dict = {}
         for path in self.params:
             spec = abstract(path)
-            array = jax.make_array_from_callback(
-                spec.shape, spec.sharding, lambda index, p=path: self.source.read_slice(p, index).astype(spec.dtype)
-            )
+            read = functools.partial(self._read_slice, path, spec.dtype)
+            array = jax.make_array_from_callback(spec.shape, spec.sharding, read)
             set_path(tree, path, array)
         return tree
+
+    def _read_slice(self, path: str, dtype: Any, index: tuple) -> np.ndarray:
+        return self.source.read_slice(path, index).astype(dtype)
 
     def _orbax(self, leaves: dict[str, Any], only: str | None = None) -> Any:
         import orbax.checkpoint.experimental.v1 as ocp

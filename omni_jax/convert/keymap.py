@@ -4,9 +4,10 @@ A rule pairs an HF key template with a JAX path template, e.g.
     Rule("model.layers.{layer}.self_attn.q_proj.weight", "layers/attn/q/kernel", LINEAR)
 `{layer}` and `{expert}` index stacked leading axes of the JAX array (layer first); any other placeholder
 must appear in both templates and is substituted. `part=(i, n)` says the tensor is chunk i of n equal chunks
-along the JAX array's last axis (per-expert gate and up halves of a fused gate_up kernel). An `alias` rule is
-an accepted alternative layout: read, never written. A `Plan` checks every key and shape before any tensor is
-read, collects every problem and raises once; arrays are then built one at a time.
+along the JAX array's last axis (per-expert gate and up halves of a fused gate_up kernel). `layers` lists the
+HF layer numbers of the stacked axis when they are not 0..n-1 (a stack of only the MoE layers). An `alias`
+rule is an accepted alternative layout: read, never written. A `Plan` checks every key and shape before any
+tensor is read, collects every problem and raises once; arrays are then built one at a time.
 """
 
 from __future__ import annotations
@@ -64,12 +65,15 @@ class Rule:
     transform: Transform = IDENTITY
     part: tuple[int, int] = (0, 1)
     alias: bool = False
+    layers: tuple[int, ...] | None = None
 
     def _regex(self, template: str, sep: str) -> re.Pattern:
         parts, pos = [], 0
         for m in _PLACEHOLDER.finditer(template):
             parts.append(re.escape(template[pos : m.start()]))
-            parts.append(rf"(?P<{m.group(1)}>\d+)" if m.group(1) in STACK_AXES else rf"(?P<{m.group(1)}>[^{sep}]+)")
+            parts.append(
+                rf"(?P<{m.group(1)}>\d+)" if m.group(1) in STACK_AXES else rf"(?P<{m.group(1)}>[^{sep}]+)"
+            )
             pos = m.end()
         parts.append(re.escape(template[pos:]))
         return re.compile("".join(parts))
@@ -85,6 +89,22 @@ class Rule:
     def stack_names(self) -> tuple[str, ...]:
         names = _PLACEHOLDER.findall(self.hf)
         return tuple(a for a in STACK_AXES if a in names)
+
+    def stack_index(self, groups: dict[str, str]) -> tuple[int, ...] | None:
+        """Stack indices for the placeholder values of a matched key (None: layer not in `layers`)."""
+        index = [int(groups[a]) for a in self.stack_names()]
+        if self.layers is not None and index:
+            if index[0] not in self.layers:
+                return None
+            index[0] = self.layers.index(index[0])
+        return tuple(index)
+
+    def hf_names(self, index: tuple[int, ...]) -> dict[str, int]:
+        """Placeholder values of the HF key for stack indices `index` (the inverse of stack_index)."""
+        names = dict(zip(self.stack_names(), index, strict=True))
+        if self.layers is not None and "layer" in names:
+            names["layer"] = self.layers[names["layer"]]
+        return names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,10 +130,9 @@ def match(rules: Iterable[Rule], hf_key: str) -> Target | None:
     """The target of `hf_key` under the first rule that matches it fully, else None."""
     for rule in rules:
         m = rule.hf_regex.fullmatch(hf_key)
-        if m:
-            groups = m.groupdict()
-            index = tuple(int(groups[a]) for a in rule.stack_names())
-            path = rule.jax.format(**{k: v for k, v in groups.items() if k not in STACK_AXES})
+        index = None if m is None else rule.stack_index(m.groupdict())
+        if index is not None:
+            path = rule.jax.format(**{k: v for k, v in m.groupdict().items() if k not in STACK_AXES})
             return Target(path, index, rule.transform, rule.part)
     return None
 
@@ -126,7 +145,7 @@ def export_targets(rules: Iterable[Rule], path: str, shape: tuple[int, ...]) -> 
         if m:
             stack = rule.stack_names()
             for index in np.ndindex(*shape[: len(stack)]):
-                names = dict(m.groupdict(), **dict(zip(stack, index, strict=True)))
+                names = dict(m.groupdict(), **rule.hf_names(index))
                 out.append((rule.hf.format(**names), Target(path, index, rule.transform, rule.part)))
     return out
 
@@ -172,7 +191,9 @@ class Plan:
             return
         spec = self.specs.get(target.path)
         if spec is None:
-            self.problems.append(f"{where}key {hf_key!r} maps to {target.path!r}, which the model does not have")
+            self.problems.append(
+                f"{where}key {hf_key!r} maps to {target.path!r}, which the model does not have"
+            )
             return
         if any(i >= s for i, s in zip(target.index, spec.shape, strict=False)):
             self.problems.append(
@@ -215,11 +236,15 @@ class Plan:
         for piece in pieces:
             cells = _cells(covered, piece.target, n_parts)
             if cells.any():
-                problems.append(f"{piece.source + ': ' if piece.source else ''}duplicate key {piece.key!r} for {path}")
+                problems.append(
+                    f"{piece.source + ': ' if piece.source else ''}duplicate key {piece.key!r} for {path}"
+                )
             cells[...] = True
         missing = [key for key, t in exports if not _cells(covered, t, n_parts).all()]
         if missing or not covered.all():
-            shown = ", ".join(repr(k) for k in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            shown = ", ".join(repr(k) for k in missing[:5]) + (
+                f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            )
             problems.append(f"missing key(s) for {path}: {shown or f'{int((~covered).sum())} slices'}")
         return problems
 

@@ -83,8 +83,8 @@ class SafetensorsSource(Source):
     def _check_index(self, index: dict[str, str]) -> None:
         missing_files = sorted({f for f in index.values() if not (self.folder / f).is_file()})
         for f in missing_files:
-            n = sum(v == f for v in index.values())
-            self.problems.append(f"index names missing shard {f!r} ({n} keys, e.g. {next(k for k, v in index.items() if v == f)!r})")
+            keys = sorted(k for k, v in index.items() if v == f)
+            self.problems.append(f"index names missing shard {f!r} ({len(keys)} keys, e.g. {keys[0]!r})")
         for key, f in index.items():
             if f not in missing_files and key not in self.tensors:
                 self.problems.append(f"{f}: key {key!r} listed in the index is absent from the shard")
@@ -180,7 +180,11 @@ def read_safetensors_header(path: Path) -> dict[str, dict]:
     out, end = {}, 0
     for key, info in header.items():
         try:
-            (begin, stop), dtype_name, shape = info["data_offsets"], info["dtype"], [int(s) for s in info["shape"]]
+            (begin, stop), dtype_name, shape = (
+                info["data_offsets"],
+                info["dtype"],
+                [int(s) for s in info["shape"]],
+            )
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"corrupt safetensors header entry {key!r} ({e})") from e
         dtype = SAFETENSORS_DTYPES.get(dtype_name)

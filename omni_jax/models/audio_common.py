@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from omni_jax.convert.keymap import LINEAR, Rule
-from omni_jax.nn.attention import attention
+from omni_jax.nn.attention import blocked_attention
 from omni_jax.nn.layers import activation, layer_norm, layer_norm_spec, linear, linear_spec
 from omni_jax.nn.params import stacked
 
@@ -91,9 +91,8 @@ def linear_rules(hf: str, ours: str, *, bias: bool = True) -> list[Rule]:
 
 
 def masked_attend(key_mask: jax.Array | None) -> Attend:
-    """Full attention over a sequence, keys masked by key_mask (b t, True = valid) when given."""
-    mask = None if key_mask is None else key_mask[:, None, None, :]
-    return lambda q, k, v, *, scale: attention(q, k, v, mask=mask, scale=scale)
+    """Full attention over a sequence (blocked over queries), keys masked by key_mask (b t, True = valid)."""
+    return lambda q, k, v, *, scale: blocked_attention(q, k, v, key_mask=key_mask, scale=scale)
 
 
 def encoder_layer(

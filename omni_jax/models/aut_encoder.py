@@ -190,6 +190,7 @@ def bucket_frames(config: AuTConfig, max_frames: int) -> int:
 def encode(params: dict, config: AuTConfig, features, lengths) -> tuple[jax.Array, jax.Array]:
     """Validated entry point. features: b mel T (frames past each length are ignored); lengths: b valid
     frames. Pads time to the length bucket (whole windows), so lengths in one bucket share one compilation.
+    The batch is transformers' "call": its longest chunk sets the conv zero padding of every chunk.
     -> (out b n output_dim, valid b n)."""
     lengths = check_inputs(config, features, lengths)
     frames = bucket_frames(config, int(lengths.max()))

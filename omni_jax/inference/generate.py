@@ -1,0 +1,196 @@
+"""Autoregressive generation with the decoder engine.
+
+`generate` runs prefill and the whole decode loop on device (one jitted `lax.while_loop`, which exits early
+once every row has emitted an EOS id); `stream` yields each step's tokens from the jitted prefill/decode
+steps. Both return/yield token ids b per step: a row that has finished emits `pad_id` (transformers' rule;
+the EOS itself is emitted). Step i samples with `jax.random.fold_in(PRNGKey(seed), i)`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from omni_jax import sharding
+from omni_jax.inference.cache import init_cache
+from omni_jax.inference.engine import bucket, decode_core, decode_step, prefill, prefill_core, prepare
+from omni_jax.inference.sampling import GREEDY, Sampling, sample
+from omni_jax.models.decoder import Config
+
+
+def generate(
+    params: dict,
+    config: Config,
+    inputs: Any,
+    *,
+    max_new_tokens: int,
+    attention_mask: Any = None,
+    positions: Any = None,
+    layer_inputs: Any = None,
+    sampling: Sampling = GREEDY,
+    eos_ids: int | tuple[int, ...] = (),
+    pad_id: int | None = None,
+    seed: int = 0,
+    cache_length: int | None = None,
+    prompt_ids: Any = None,
+) -> jax.Array:
+    """New tokens b max_new_tokens (pad after a row's EOS). `prompt_ids` (b t) are what the repetition penalty
+    sees for the prompt (default: `inputs` when they are ids)."""
+    eos, pad, length = _settings(config, inputs, max_new_tokens, eos_ids, pad_id, cache_length)
+    inputs, start, positions, layer_inputs = prepare(
+        config, inputs, attention_mask, positions, layer_inputs, length - max_new_tokens
+    )
+    seen = _seen(
+        config,
+        sampling,
+        inputs if prompt_ids is None else prompt_ids,
+        prompt_ids is None and inputs.ndim == 2,
+    )
+    return _generate(
+        params, inputs, start, positions, layer_inputs, seen, jax.random.PRNGKey(seed),
+        config=config, max_new=max_new_tokens, sampling=sampling, eos=eos, pad=pad, length=length,
+        mesh_rules=sharding.current(),
+    )  # fmt: skip
+
+
+def stream(
+    params: dict,
+    config: Config,
+    inputs: Any,
+    *,
+    max_new_tokens: int,
+    attention_mask: Any = None,
+    positions: Any = None,
+    layer_inputs: Any = None,
+    sampling: Sampling = GREEDY,
+    eos_ids: int | tuple[int, ...] = (),
+    pad_id: int | None = None,
+    seed: int = 0,
+    cache_length: int | None = None,
+    prompt_ids: Any = None,
+) -> Iterator[np.ndarray]:
+    """Yield each step's tokens (b,) as soon as they are chosen; same arguments and tokens as `generate`."""
+    eos, pad, length = _settings(config, inputs, max_new_tokens, eos_ids, pad_id, cache_length)
+    b = np.shape(inputs)[0]
+    seen = _seen(
+        config,
+        sampling,
+        inputs if prompt_ids is None else prompt_ids,
+        prompt_ids is None and np.ndim(inputs) == 2,
+    )
+    cache = init_cache(config, b, length, _dtype(params))
+    step = prefill(
+        params,
+        config,
+        inputs,
+        cache,
+        attention_mask=attention_mask,
+        positions=positions,
+        layer_inputs=layer_inputs,
+        reserve=max_new_tokens - 1,
+    )
+    key, done = jax.random.PRNGKey(seed), jnp.zeros((b,), bool)
+    for i in range(max_new_tokens):
+        token, done, seen = _select_jit(step.logits, key, i, seen, done, sampling, eos, pad)
+        yield np.asarray(token)
+        if bool(done.all()) or i == max_new_tokens - 1:
+            return
+        step = decode_step(params, config, token, step.cache)
+
+
+def _settings(
+    config, inputs, max_new_tokens, eos_ids, pad_id, cache_length
+) -> tuple[tuple[int, ...], int, int]:
+    """Checked (eos ids, pad id, cache length); overflow is an error before anything runs."""
+    if not config.embed or not config.lm_head:
+        raise ValueError("generation needs a decoder with an embedding table and an lm_head")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    eos = (eos_ids,) if isinstance(eos_ids, int) else tuple(eos_ids)
+    pad = pad_id if pad_id is not None else (eos[0] if eos else 0)
+    t = np.shape(inputs)[1]
+    length = bucket(t, 1 << 62) + max_new_tokens if cache_length is None else cache_length
+    if t + max_new_tokens > length:
+        raise ValueError(
+            f"KV cache overflow: prompt {t} + max_new_tokens {max_new_tokens} = {t + max_new_tokens} "
+            f"exceeds the cache length {length}"
+        )
+    return eos, pad, length
+
+
+def _seen(config, sampling, ids, are_ids: bool) -> jax.Array | None:
+    """b vocab mask of prompt tokens for the repetition penalty (None when the penalty is off)."""
+    if sampling.repetition_penalty == 1.0:
+        return None
+    ids = jnp.asarray(ids)
+    seen = jnp.zeros((ids.shape[0], config.vocab_size), bool)
+    return seen.at[jnp.arange(ids.shape[0])[:, None], ids].set(True) if are_ids else seen
+
+
+def _dtype(params: dict):
+    return params["layers"]["attn"]["k"]["kernel"].dtype
+
+
+def _select(logits, key, i, seen, done, sampling, eos, pad):
+    """Step i's tokens: sampled, pad for finished rows; -> (tokens b, done b, seen)."""
+    token = jnp.where(done, pad, sample(logits, sampling, jax.random.fold_in(key, i), seen))
+    if eos:
+        done = done | jnp.isin(token, jnp.asarray(eos))
+    if seen is not None:
+        seen = seen.at[jnp.arange(token.shape[0]), token].set(True)
+    return token, done, seen
+
+
+_select_jit = jax.jit(_select, static_argnums=(5, 6, 7))
+
+
+@functools.partial(
+    jax.jit, static_argnames=("config", "max_new", "sampling", "eos", "pad", "length", "mesh_rules")
+)
+def _generate(
+    params,
+    inputs,
+    start,
+    positions,
+    layer_inputs,
+    seen,
+    key,
+    *,
+    config,
+    max_new,
+    sampling,
+    eos,
+    pad,
+    length,
+    mesh_rules,
+):
+    del mesh_rules  # a static key: traces under a mesh differ from traces without
+    b = inputs.shape[0]
+    cache = init_cache(config, b, length, _dtype(params))
+    logits, cache, _ = prefill_core(params, config, inputs, start, positions, layer_inputs, cache)
+    token, done, seen = _select(logits, key, 0, seen, jnp.zeros((b,), bool), sampling, eos, pad)
+    tokens = jnp.full((b, max_new), pad, jnp.int32).at[:, 0].set(token)
+
+    def cond(state):
+        i, _, _, done, _ = state
+        return (i < max_new) & ~done.all()
+
+    def body(state):
+        i, tokens, cache, done, seen = state
+        prev = jax.lax.dynamic_slice_in_dim(tokens, i - 1, 1, axis=1)
+        logits, cache, _ = decode_core(params, config, prev, cache)
+        token, done, seen = _select(logits, key, i, seen, done, sampling, eos, pad)
+        return (
+            i + 1,
+            jax.lax.dynamic_update_slice_in_dim(tokens, token[:, None], i, axis=1),
+            cache,
+            done,
+            seen,
+        )
+
+    return jax.lax.while_loop(cond, body, (jnp.ones((), jnp.int32), tokens, cache, done, seen))[1]

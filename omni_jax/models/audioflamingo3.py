@@ -1,0 +1,308 @@
+"""AudioFlamingo3: Whisper-style encoder -> 2x average pooling -> projector -> audio embeddings written into
+the `<sound>` rows of the text embeddings -> Qwen2 decoder (through omni_jax.inference).
+
+    config = Config.from_hf(hf_config)          # AudioFlamingo3Config (object or config.json dict)
+    embeds = embed_inputs(params, config, input_ids, input_features, input_features_mask)   # b s d
+    new = generate(params, config, inputs, max_new_tokens=24, eos_ids=..., pad_id=...)   # b n
+
+The k-th kept audio frame (windows in order, the first floor(c/2) pooled frames of each) fills the k-th
+`<sound>` position (rows in order, left to right), as transformers' masked_scatter does, but with static
+shapes (a stable argsort and a gather). Before anything runs, every row's `<sound>` count must be covered by
+whole windows taken in order, so one sample's audio can never land in another's rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from omni_jax.convert.keymap import Rule, hf_to_params
+from omni_jax.inference import generate as engine
+from omni_jax.inference.sampling import GREEDY, Sampling
+from omni_jax.models import decoder, projector, whisper_encoder
+from omni_jax.models.audio_common import hf_get
+from omni_jax.parity import LOGITS_ATOL, ParityCase
+
+# 5.23 in-memory key prefixes -> hub (on-disk) prefixes
+IN_MEMORY_PREFIXES = (
+    ("model.audio_tower.", "audio_tower."),
+    ("model.multi_modal_projector.", "multi_modal_projector."),
+    ("model.language_model.", "language_model.model."),
+    ("lm_head.", "language_model.lm_head."),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    encoder: whisper_encoder.WhisperEncoderConfig
+    projector: projector.ProjectorConfig
+    decoder: decoder.Config
+    audio_token_id: int = 151669
+
+    def __post_init__(self):
+        if (
+            self.projector.d_audio != self.encoder.d_model
+            or self.projector.d_text != self.decoder.hidden_size
+        ):
+            raise ValueError(
+                f"projector {self.projector.d_audio}->{self.projector.d_text} does not join encoder width "
+                f"{self.encoder.d_model} to decoder width {self.decoder.hidden_size}"
+            )
+        if not 0 <= self.audio_token_id < self.decoder.vocab_size:
+            raise ValueError(
+                f"audio_token_id {self.audio_token_id} outside the vocabulary ({self.decoder.vocab_size})"
+            )
+
+    @classmethod
+    def from_hf(cls, cfg: Any) -> Config:
+        """From an AudioFlamingo3Config object or its config.json dict."""
+        if hf_get(cfg, "model_type") != "audioflamingo3":
+            raise ValueError(f"not an AudioFlamingo3 config: model_type {hf_get(cfg, 'model_type')!r}")
+        text = cfg["text_config"] if isinstance(cfg, dict) else cfg.text_config
+        return cls(
+            encoder=whisper_encoder.WhisperEncoderConfig.from_hf(cfg),
+            projector=projector.ProjectorConfig.from_hf(cfg),
+            decoder=decoder.Config.from_hf(text),
+            audio_token_id=hf_get(cfg, "audio_token_id", default=151669),
+        )
+
+
+def _parts(config: Config):
+    return (("encoder", whisper_encoder), ("projector", projector), ("decoder", decoder))
+
+
+def param_specs(config: Config) -> dict:
+    return {name: module.param_specs(getattr(config, name)) for name, module in _parts(config)}
+
+
+def hf_rules(config: Config, prefix: str = "") -> list[Rule]:
+    """Hub layout: `audio_tower.*`, `multi_modal_projector.*`, `language_model.{model.*,lm_head.weight}`."""
+    prefixes = {
+        "encoder": "audio_tower.",
+        "projector": "multi_modal_projector.",
+        "decoder": "language_model.",
+    }
+    return [
+        dataclasses.replace(rule, jax=f"{name}/{rule.jax}")
+        for name, module in _parts(config)
+        for rule in module.hf_rules(getattr(config, name), prefix + prefixes[name])
+    ]
+
+
+# ---------------------------------------------------------------- fusion
+
+
+def check_audio_tokens(input_ids: np.ndarray, window_tokens: np.ndarray, audio_token_id: int) -> None:
+    """Each row's audio-token count must be met by a run of whole windows taken in order (transformers only
+    checks the total, so a mismatch there silently moves audio between samples)."""
+    counts = (np.asarray(input_ids) == audio_token_id).sum(1)
+    window_tokens = np.asarray(window_tokens, np.int64)
+    if len(window_tokens) and not counts.any():
+        raise ValueError(
+            f"audio was given ({len(window_tokens)} window(s)) but the text has no audio token "
+            f"({audio_token_id}, <sound>): put one <sound> per audio in the prompt"
+        )
+    ends = np.concatenate([[0], np.cumsum(window_tokens)])  # tokens before window i
+    if ends[-1] != counts.sum():
+        raise ValueError(
+            f"the audio holds {ends[-1]} audio tokens but the text has {counts.sum()} "
+            f"(per row: {counts.tolist()}); expand each <sound> with the processor"
+        )
+    if bad := [r for r, n in enumerate(np.cumsum(counts)) if n not in ends]:
+        raise ValueError(
+            f"row(s) {bad}: the audio tokens of a row must come from whole windows of its own audio (tokens "
+            f"per row {counts.tolist()}, per window {window_tokens.tolist()}): prompts and audio do not match"
+        )
+
+
+def place_audio(text: jax.Array, is_audio: jax.Array, audio: jax.Array, valid: jax.Array) -> jax.Array:
+    """text: b s d; is_audio: b s; audio: w t d; valid: w t. The k-th valid frame (window-major) replaces the
+    k-th audio position (row-major). Static shapes: counts are checked by `check_audio_tokens` beforehand."""
+    b, s, d = text.shape
+    frames = audio.reshape(-1, d).astype(text.dtype)  # (w t) d
+    order = jnp.argsort(~valid.reshape(-1), stable=True)  # valid frames first, in order
+    rank = jnp.maximum(jnp.cumsum(is_audio.reshape(-1)) - 1, 0)  # (b s)
+    picked = frames[order[jnp.minimum(rank, order.shape[0] - 1)]].reshape(b, s, d)
+    return jnp.where(is_audio[..., None], picked, text)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _fused(params, config: Config, input_ids, features, key_lengths, valid) -> jax.Array:
+    hidden = whisper_encoder.forward(params["encoder"], config.encoder, features, key_lengths)  # w t da
+    audio = projector.forward(params["projector"], config.projector, hidden)  # w t d
+    text = decoder.embed(params["decoder"], config.decoder, input_ids)  # b s d
+    return place_audio(text, input_ids == config.audio_token_id, audio, valid)
+
+
+def embed_inputs(
+    params: dict, config: Config, input_ids, input_features=None, input_features_mask=None
+) -> jax.Array:
+    """Token ids b s (+ log-mel windows w mel frames and their frame mask w frames) -> embeddings b s d with
+    the audio in the `<sound>` rows. All checks run before any compute."""
+    ids = np.asarray(input_ids)
+    if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"input_ids must be integer (batch, length), got {ids.dtype} {ids.shape}")
+    if input_features is None:
+        check_audio_tokens(ids, np.zeros((0,), np.int64), config.audio_token_id)
+        return decoder.embed(params["decoder"], config.decoder, jnp.asarray(ids))
+    if input_features_mask is None:
+        raise ValueError("input_features_mask is required with input_features (1 = real mel frame)")
+    lengths = whisper_encoder.check_inputs(
+        config.encoder, input_features, input_features_mask, params["encoder"]["conv1"]["kernel"].dtype
+    )
+    tokens = whisper_encoder.output_lengths(config.encoder, lengths)
+    check_audio_tokens(ids, tokens, config.audio_token_id)
+    valid = np.arange(config.encoder.max_source_positions // 2) < tokens[:, None]
+    key_lengths = jnp.asarray(whisper_encoder.conv_lengths(lengths), jnp.int32)
+    return _fused(
+        params, config, jnp.asarray(ids), jnp.asarray(input_features), key_lengths, jnp.asarray(valid)
+    )
+
+
+def _decoder_inputs(params: dict, config: Config, inputs: dict) -> tuple[jax.Array, Any]:
+    embeds = embed_inputs(
+        params, config, inputs["input_ids"], inputs.get("input_features"), inputs.get("input_features_mask")
+    )
+    return embeds, inputs.get("attention_mask")
+
+
+def logits(params: dict, config: Config, inputs: dict) -> jax.Array:
+    """Prefill logits b s vocab of a processor output (input_ids, attention_mask, input_features, ...)."""
+    embeds, mask = _decoder_inputs(params, config, inputs)
+    start = None if mask is None else jnp.asarray(mask.shape[1] - np.asarray(mask).sum(1), jnp.int32)
+    return _logits(params, config, embeds, start)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _logits(params, config: Config, embeds, start) -> jax.Array:
+    return decoder.forward(params["decoder"], config.decoder, embeds, start=start)[0].logits
+
+
+def generate(
+    params: dict,
+    config: Config,
+    inputs: dict,
+    *,
+    max_new_tokens: int,
+    eos_ids: tuple[int, ...] = (),
+    pad_id: int | None = None,
+    sampling: Sampling = GREEDY,
+    seed: int = 0,
+) -> jax.Array:
+    """New tokens b max_new_tokens (pad after a row's EOS), the whole loop on device."""
+    embeds, mask = _decoder_inputs(params, config, inputs)
+    return engine.generate(
+        params["decoder"], config.decoder, embeds, max_new_tokens=max_new_tokens, attention_mask=mask,
+        sampling=sampling, eos_ids=eos_ids, pad_id=pad_id, seed=seed, prompt_ids=inputs["input_ids"],
+    )  # fmt: skip
+
+
+def stream(
+    params: dict,
+    config: Config,
+    inputs: dict,
+    *,
+    max_new_tokens: int,
+    eos_ids=(),
+    pad_id=None,
+    sampling: Sampling = GREEDY,
+    seed: int = 0,
+):
+    """Yield each step's tokens (b,) as they are chosen; same tokens as `generate`."""
+    embeds, mask = _decoder_inputs(params, config, inputs)
+    yield from engine.stream(
+        params["decoder"], config.decoder, embeds, max_new_tokens=max_new_tokens, attention_mask=mask,
+        sampling=sampling, eos_ids=eos_ids, pad_id=pad_id, seed=seed, prompt_ids=inputs["input_ids"],
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------- parity with transformers
+
+
+def from_torch(module) -> tuple[Config, dict]:
+    """Config and float32 params of a live AudioFlamingo3ForConditionalGeneration."""
+    config = Config.from_hf(module.config)
+    state = {}
+    for key, value in module.state_dict().items():
+        old, new = next((o, n) for o, n in IN_MEMORY_PREFIXES if key.startswith(o))
+        state[new + key[len(old) :]] = value
+    return config, jax.tree.map(jnp.asarray, hf_to_params(state, hf_rules(config), param_specs(config)))
+
+
+def torch_inputs(inputs: dict) -> dict[str, np.ndarray]:
+    """Torch tensors (or numpy arrays) of a processor output -> numpy."""
+    return {
+        k: v if isinstance(v, np.ndarray) else v.detach().cpu().numpy()
+        for k, v in inputs.items()
+        if v is not None
+    }
+
+
+def masked_rows(reference: np.ndarray, ours: np.ndarray, attention_mask) -> tuple[np.ndarray, np.ndarray]:
+    """Zero the outputs of left-padding positions (unused in both implementations)."""
+    if attention_mask is None:
+        return reference, ours
+    keep = np.asarray(attention_mask).astype(bool)[..., None]
+    return np.where(keep, reference, 0), np.where(keep, ours, 0)
+
+
+def _logits_case(module, input_ids, input_features=None, input_features_mask=None, attention_mask=None):
+    import torch
+
+    config, params = from_torch(module)
+    inputs = dict(input_ids=input_ids, input_features=input_features, input_features_mask=input_features_mask,
+                  attention_mask=attention_mask)  # fmt: skip
+    with torch.no_grad():
+        reference = module(**inputs).logits.float().numpy()
+    inputs = torch_inputs(inputs)
+    return masked_rows(reference, np.asarray(logits(params, config, inputs)), inputs.get("attention_mask"))
+
+
+def generation_ids(generation_config) -> tuple[tuple[int, ...], int]:
+    """(EOS ids, pad id) of a transformers GenerationConfig (or its dict), with transformers' fallbacks."""
+    get = (
+        generation_config.get
+        if isinstance(generation_config, dict)
+        else lambda k: getattr(generation_config, k, None)
+    )
+    eos = get("eos_token_id")
+    eos = () if eos is None else (eos,) if isinstance(eos, int) else tuple(eos)
+    pad = get("pad_token_id")
+    return eos, pad if pad is not None else (eos[0] if eos else 0)
+
+
+def trim_to(reference: np.ndarray, ours: np.ndarray, pad: int) -> np.ndarray:
+    """Drop our all-pad columns past the reference's length (transformers stops once every row has ended)."""
+    ours = np.asarray(ours)
+    return ours[:, : reference.shape[1]] if (ours[:, reference.shape[1] :] == pad).all() else ours
+
+
+def _generate_case(
+    module, input_ids, attention_mask, max_new_tokens, input_features=None, input_features_mask=None
+):
+    """Greedy new tokens (b n) of transformers' generate and ours, same inputs and EOS / pad ids."""
+    import torch
+
+    config, params = from_torch(module)
+    eos, pad = generation_ids(module.generation_config)
+    inputs = dict(input_ids=input_ids, attention_mask=attention_mask, input_features=input_features,
+                  input_features_mask=input_features_mask)  # fmt: skip
+    given = {k: v for k, v in inputs.items() if v is not None}
+    with torch.no_grad():
+        reference = module.generate(
+            **given, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+            eos_token_id=list(eos) or None, pad_token_id=pad,
+        )[:, input_ids.shape[1] :].numpy()  # fmt: skip
+    ours = generate(
+        params, config, torch_inputs(inputs), max_new_tokens=max_new_tokens, eos_ids=eos, pad_id=pad
+    )
+    return reference, trim_to(reference, ours, pad)
+
+
+PARITY = {"AudioFlamingo3ForConditionalGeneration": ParityCase(_logits_case, LOGITS_ATOL)}
+GENERATE = {"AudioFlamingo3ForConditionalGeneration": _generate_case}

@@ -1,0 +1,99 @@
+"""Feed-forward blocks of the Qwen decoders: the gated (SwiGLU) MLP and the mixture of experts built from it.
+
+MoE (Qwen3-MoE / Qwen3-Omni): router softmax over all experts in float32 -> top-k -> renormalise when
+`norm_topk_prob` -> cast to the activation dtype; each token's output is the weighted sum of its k experts,
+plus an optional sigmoid-gated shared expert (the Talker). Both dispatch paths are exact and dropless:
+`dense` runs every expert on every token and combines with the sparse routing weights; `ragged` sorts the
+token-expert pairs by expert and runs grouped matmuls (`jax.lax.ragged_dot`): k experts' work per token.
+Expert kernels are fused: gate_up (E, D, 2I) with the gate in the first half, down (E, I, D).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from omni_jax.nn.layers import activation, linear, linear_spec
+from omni_jax.nn.params import ParamSpec
+
+MOE_IMPLS = ("ragged", "dense")
+
+
+def gated_mlp_spec(d: int, d_ff: int) -> dict:
+    return {
+        "gate": linear_spec(d, d_ff, bias=False),
+        "up": linear_spec(d, d_ff, bias=False),
+        "down": linear_spec(d_ff, d, bias=False, axes=("mlp", "embed")),
+    }
+
+
+def gated_mlp(p: dict, x: jax.Array, act: str = "silu") -> jax.Array:
+    """down(act(gate(x)) * up(x)). x: ... d -> ... d."""
+    return linear(p["down"], activation(act)(linear(p["gate"], x)) * linear(p["up"], x))
+
+
+def moe_spec(d: int, n_experts: int, d_expert: int, d_shared: int = 0) -> dict:
+    spec = {
+        "router": {"kernel": ParamSpec((d, n_experts), ("embed", None))},
+        "experts": {
+            "gate_up": ParamSpec((n_experts, d, 2 * d_expert), ("expert", "embed", "mlp")),
+            "down": ParamSpec((n_experts, d_expert, d), ("expert", "mlp", "embed")),
+        },
+    }
+    if d_shared:
+        spec["shared"] = gated_mlp_spec(d, d_shared)
+        spec["shared_gate"] = {"kernel": ParamSpec((d, 1), ("embed", None))}
+    return spec
+
+
+def route(kernel: jax.Array, x: jax.Array, top_k: int, norm_topk_prob: bool) -> tuple[jax.Array, jax.Array]:
+    """x: n d -> (weights n k in x's dtype, expert ids n k), HF's order of casts."""
+    logits = jnp.matmul(x, kernel.astype(x.dtype))
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    weights, experts = jax.lax.top_k(probs, top_k)
+    if norm_topk_prob:
+        weights = weights / weights.sum(-1, keepdims=True)
+    return weights.astype(x.dtype), experts
+
+
+def _swiglu_halves(h: jax.Array, act: str) -> jax.Array:
+    gate, up = jnp.split(h, 2, axis=-1)
+    return activation(act)(gate) * up
+
+
+def experts_dense(p: dict, x: jax.Array, weights: jax.Array, experts: jax.Array, act: str) -> jax.Array:
+    """Every expert on every token, combined by the routing weights (0 for unselected experts). n d -> n d."""
+    n_experts = p["gate_up"].shape[0]
+    combine = jnp.einsum("nk,nke->ne", weights, jax.nn.one_hot(experts, n_experts, dtype=weights.dtype))
+    h = _swiglu_halves(jnp.einsum("nd,edf->nef", x, p["gate_up"].astype(x.dtype)), act)
+    y = jnp.einsum("nef,efd->ned", h, p["down"].astype(x.dtype))
+    return jnp.einsum("ne,ned->nd", combine, y)
+
+
+def experts_ragged(p: dict, x: jax.Array, weights: jax.Array, experts: jax.Array, act: str) -> jax.Array:
+    """Token-expert pairs sorted by expert, grouped matmuls over contiguous groups. n d -> n d."""
+    n, k = experts.shape
+    n_experts = p["gate_up"].shape[0]
+    flat = experts.reshape(-1)  # (n k)
+    order = jnp.argsort(flat, stable=True)
+    sizes = jnp.bincount(flat, length=n_experts).astype(jnp.int32)
+    xs = x[order // k]  # (n k) d, grouped by expert
+    h = _swiglu_halves(jax.lax.ragged_dot(xs, p["gate_up"].astype(x.dtype), sizes), act)
+    ys = jax.lax.ragged_dot(h, p["down"].astype(x.dtype), sizes)
+    y = jnp.zeros_like(ys).at[order].set(ys).reshape(n, k, -1)  # back to token order
+    return jnp.einsum("nk,nkd->nd", weights, y)
+
+
+def moe(
+    p: dict, x: jax.Array, *, top_k: int, norm_topk_prob: bool, act: str = "silu", impl: str = "ragged"
+) -> jax.Array:
+    """Sparse MoE block (+ sigmoid-gated shared expert when `p` has one). x: ... d -> ... d."""
+    if impl not in MOE_IMPLS:
+        raise ValueError(f"unknown MoE implementation {impl!r}; known: {MOE_IMPLS}")
+    shape = x.shape
+    x = x.reshape(-1, shape[-1])
+    weights, experts = route(p["router"]["kernel"], x, top_k, norm_topk_prob)
+    y = (experts_ragged if impl == "ragged" else experts_dense)(p["experts"], x, weights, experts, act)
+    if "shared" in p:
+        y = y + jax.nn.sigmoid(linear(p["shared_gate"], x)) * gated_mlp(p["shared"], x, act)
+    return y.reshape(shape)

@@ -1,0 +1,141 @@
+"""What the audio + text processors share: input checks, placeholder expansion, chat templates, decoding."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from omni_jax.audio import load_audio
+from omni_jax.audio.features import SAMPLING_RATE
+from omni_jax.processing.tokenizer import (
+    Tokenizer,
+    normalize_conversations,
+    read_json,
+    render_chat_template,
+)
+
+
+def as_texts(text) -> list[str]:
+    """A prompt or a list of prompts -> list of prompts."""
+    texts = [text] if isinstance(text, str) else text
+    if not isinstance(texts, Sequence) or not texts or not all(isinstance(t, str) for t in texts):
+        raise ValueError(f"text must be a string or a non-empty list of strings, got {type(text).__name__}")
+    return list(texts)
+
+
+def as_clips(audio, sampling_rate: int) -> list[np.ndarray]:
+    """A 1-D waveform or a list of them at 16 kHz -> list of float32 1-D arrays."""
+    if sampling_rate != SAMPLING_RATE:
+        raise ValueError(
+            f"audio must be sampled at {SAMPLING_RATE} Hz, got sampling_rate={sampling_rate}; resample it "
+            "first (omni_jax.audio.resample, or omni_jax.audio.load_audio(path), which resamples on load)"
+        )
+    clips = [audio] if isinstance(audio, np.ndarray) and audio.ndim == 1 else audio
+    if isinstance(clips, np.ndarray) or not isinstance(clips, Sequence) or not clips:
+        raise ValueError("audio must be a 1-D waveform or a non-empty list of 1-D waveforms")
+    out = []
+    for i, clip in enumerate(clips):
+        clip = np.asarray(clip)
+        if clip.ndim != 1 or clip.size == 0 or not np.issubdtype(clip.dtype, np.number):
+            raise ValueError(
+                f"audio {i} has shape {clip.shape} and dtype {clip.dtype}; expected non-empty 1-D samples"
+            )
+        out.append(clip.astype(np.float32))
+    return out
+
+
+def expand_placeholders(texts: list[str], token: str, replacements: list[str]) -> list[str]:
+    """Replace the k-th `token` across the batch (rows in order, left to right) by replacements[k]."""
+    pending = iter(replacements)
+    pattern = re.compile(re.escape(token))
+    return [pattern.sub(lambda _: next(pending), t) for t in texts]
+
+
+def check_placeholder_count(texts: list[str], token: str, n_audio: int | None) -> list[int]:
+    """Per-row counts of `token`; raises unless their total is the number of audios. -> counts."""
+    counts = [t.count(token) for t in texts]
+    if n_audio is None and sum(counts):
+        raise ValueError(f"found {sum(counts)} {token} in the text but no audio was passed")
+    if n_audio is not None and sum(counts) != n_audio:
+        raise ValueError(
+            f"the text has {sum(counts)} {token} placeholder(s) (per row: {counts}) for {n_audio} audio(s)"
+        )
+    return counts
+
+
+def feature_config(folder: Path) -> tuple[dict, dict]:
+    """(processor settings, feature extractor settings) from processor_config.json (or, for the features,
+    a legacy preprocessor_config.json)."""
+    processor = read_json(folder / "processor_config.json")
+    features = processor.get("feature_extractor") or read_json(folder / "preprocessor_config.json")
+    if features.get("n_fft", 400) != 400 or features.get("hop_length", 160) != 160:
+        raise ValueError(f"only Whisper's n_fft=400 / hop_length=160 log-mel is supported, got {features}")
+    return processor, features
+
+
+def _conversation_audio(conversations: list[list[dict]]) -> list[np.ndarray]:
+    """Audio of every audio block, in order (paths are read and resampled to 16 kHz)."""
+    audio = []
+    for message in (m for chat in conversations for m in chat):
+        content = message.get("content") or []
+        for block in [] if isinstance(content, str) else content:
+            kind = block.get("type")
+            if kind in ("image", "video") or "image" in block or "video" in block:
+                raise ValueError(
+                    f"{kind or 'image/video'} inputs are not supported yet (text and audio only)"
+                )
+            if kind == "audio":
+                sources = [block[k] for k in ("audio", "url", "path") if k in block]
+                audio += [load_audio(s) if isinstance(s, str | Path) else np.asarray(s) for s in sources]
+    return audio
+
+
+class AudioTextProcessor:
+    """A tokenizer, a chat template and the model-specific `__call__(text, audio, ...)` of a subclass."""
+
+    def __init__(self, tokenizer: Tokenizer, chat_template: str | None = None):
+        self.tokenizer = tokenizer
+        self.chat_template = chat_template or tokenizer.chat_template
+
+    def __call__(self, text, audio=None, **kwargs) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def apply_chat_template(
+        self,
+        conversation,
+        *,
+        add_generation_prompt: bool = False,
+        tokenize: bool = False,
+        return_dict: bool = False,
+        chat_template: str | None = None,
+        processor_kwargs: dict | None = None,
+        **template_kwargs,
+    ):
+        """Render conversations (-> str / list[str]); with tokenize, also read their audio and run the
+        processor (-> its dict with return_dict, else input_ids), as ProcessorMixin.apply_chat_template."""
+        conversations, batched = normalize_conversations(conversation)
+        template = chat_template or self.chat_template
+        if template is None:
+            raise ValueError("this processor has no chat template")
+        audio = _conversation_audio(conversations) if tokenize else []
+        prompts = render_chat_template(
+            template,
+            conversations,
+            add_generation_prompt=add_generation_prompt,
+            **{**self.tokenizer.special_tokens, **template_kwargs},
+        )
+        if not tokenize:
+            return prompts if batched else prompts[0]
+        bos = self.tokenizer.special_tokens.get("bos_token")
+        kwargs = {"add_special_tokens": not (bos and prompts[0].startswith(bos)), **(processor_kwargs or {})}
+        out = self(prompts, audio or None, **kwargs)
+        return out if return_dict else out["input_ids"]
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens)
+
+    def batch_decode(self, rows, skip_special_tokens: bool = False) -> list[str]:
+        return self.tokenizer.batch_decode(rows, skip_special_tokens)
