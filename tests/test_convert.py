@@ -242,7 +242,7 @@ def test_unknown_model_type_lists_the_supported_ones(whisper, tmp_path, capsys):
     assert main(["to-jax", str(bad), str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert "unsupported model_type 'llama'" in err
-    assert "audioflamingo3, qwen2, qwen3, qwen3_moe, qwen3_omni_moe, whisper" in err
+    assert "audioflamingo3, qwen2, qwen3, qwen3_moe, qwen3_omni_moe, qwen3_omni_moe_thinker, whisper" in err
 
 
 def test_existing_destination_is_refused_then_replaced(whisper, tmp_path):

@@ -102,9 +102,9 @@ def check_audio_tokens(input_ids: np.ndarray, window_tokens: np.ndarray, audio_t
     checks the total, so a mismatch there silently moves audio between samples)."""
     counts = (np.asarray(input_ids) == audio_token_id).sum(1)
     window_tokens = np.asarray(window_tokens, np.int64)
-    if len(window_tokens) and not counts.any():
+    if window_tokens.sum() and not counts.any():
         raise ValueError(
-            f"audio was given ({len(window_tokens)} window(s)) but the text has no audio token "
+            f"audio was given ({window_tokens.sum()} audio tokens) but the text has no audio token "
             f"({audio_token_id}, <sound>): put one <sound> per audio in the prompt"
         )
     ends = np.concatenate([[0], np.cumsum(window_tokens)])  # tokens before window i
