@@ -16,7 +16,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,14 +23,12 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from common import emit, parser, row  # noqa: E402
+from common import ROOT, row, run_configs  # noqa: E402
 
-from omni_jax.audio import load_audio  # noqa: E402
 from omni_jax.models import audioflamingo3 as af3  # noqa: E402
 from omni_jax.pipelines.audioflamingo3 import Pipeline  # noqa: E402
-from omni_jax.processing import AudioFlamingo3Processor, save_tokenizer_files  # noqa: E402
+from omni_jax.processing import AudioFlamingo3Processor  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 TINY = json.loads((ROOT / "configs" / "tiny-audioflamingo3.json").read_text())
 AUDIO_50M = dict(hidden_size=384, num_hidden_layers=4, num_attention_heads=6, intermediate_size=1536)
 TEXT_50M = dict(hidden_size=128, intermediate_size=768, num_hidden_layers=6, num_attention_heads=4)
@@ -107,24 +104,14 @@ def measure(model, pipe, clips, repeats) -> list[dict]:
     return rows + [row(f"decode_b{b}", rate_ours, rate_ref, "tok/s", higher_is_better=True)]
 
 
-def main() -> None:
-    import torch
-
-    p = parser(__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--configs", nargs="+", default=["tiny", "50m"], choices=["tiny", "50m"])
-    args = p.parse_args()
-    torch.set_num_threads(2)
-    speech = load_audio(ROOT / "omni_jax" / "assets" / "speech.wav")
+def measure_config(name: str, folder, speech, repeats: int) -> list[dict]:
+    model, pipe = models(TINY if name == "tiny" else config_50m(), folder)
     clips = [speech, speech[:64_000]]
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = save_tokenizer_files(tmp, "audioflamingo3")
-        for name in args.configs:
-            model, pipe = models(TINY if name == "tiny" else config_50m(), folder)
-            found = [r for b in (1, 2) for r in measure(model, pipe, clips[:b], args.repeats)]
-            rows += [{**r, "name": f"{name}_{r['name']}"} for r in found]
-    emit(rows, args.json)
+    return [r for b in (1, 2) for r in measure(model, pipe, clips[:b], repeats)]
+
+
+def main() -> None:
+    run_configs(__doc__.splitlines()[0], ("tiny", "50m"), "audioflamingo3", measure_config)
 
 
 if __name__ == "__main__":

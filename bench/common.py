@@ -6,8 +6,12 @@ import argparse
 import json
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def median_time(fn: Callable[[], object], *, warmup: int = 2, repeats: int = 7) -> float:
@@ -22,7 +26,9 @@ def median_time(fn: Callable[[], object], *, warmup: int = 2, repeats: int = 7) 
     return statistics.median(times)
 
 
-def row(name: str, jax_value: float, reference: float | None, unit: str, higher_is_better: bool = False) -> dict:
+def row(
+    name: str, jax_value: float, reference: float | None, unit: str, higher_is_better: bool = False
+) -> dict:
     """One result row; ratio > 1 means JAX is better (faster, or higher throughput)."""
     if reference is None or jax_value == 0:
         ratio = None
@@ -49,4 +55,35 @@ def emit(rows: list[dict], as_json: bool) -> None:
     print(f"machine: {platform.machine()} {platform.processor() or ''}".strip())
     print(f"{'case':<48} {'jax':>10} {'reference':>10} {'unit':>10} {'ratio':>7}")
     for r in rows:
-        print(f"{r['name']:<48} {_fmt(r['jax']):>10} {_fmt(r['reference']):>10} {r['unit']:>10} {_fmt(r['ratio']):>7}")
+        print(
+            f"{r['name']:<48} {_fmt(r['jax']):>10} {_fmt(r['reference']):>10} "
+            f"{r['unit']:>10} {_fmt(r['ratio']):>7}"
+        )
+
+
+def run_configs(
+    description: str, configs: tuple[str, ...], family: str, measure: Callable[[str, str, object, int], list]
+) -> None:
+    """main() of the model benchmarks: --json, --repeats, --configs (any of `configs`, all by default); torch
+    on 2 threads. For each chosen config, `measure(config, tokenizer_folder, speech, repeats)` -> rows (their
+    names get the config's as a prefix), where speech is the shipped clip and the folder holds `family`'s
+    tokenizer files; the rows are emitted."""
+    import torch
+
+    from omni_jax.audio import load_audio
+    from omni_jax.processing import save_tokenizer_files
+
+    p = parser(description)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--configs", nargs="+", default=list(configs), choices=list(configs))
+    args = p.parse_args()
+    torch.set_num_threads(2)
+    speech = load_audio(ROOT / "omni_jax" / "assets" / "speech.wav")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_tokenizer_files(tmp, family)
+        for name in args.configs:
+            rows += [
+                {**r, "name": f"{name}_{r['name']}"} for r in measure(name, folder, speech, args.repeats)
+            ]
+    emit(rows, args.json)

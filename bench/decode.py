@@ -11,21 +11,22 @@ ragged vs dense dispatch against transformers.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import statistics
-import time
+import os
+import sys
 
-import jax
-import numpy as np
-import torch
-import transformers
+sys.path.insert(0, os.path.dirname(__file__))
 
-from omni_jax.inference.cache import init_cache
-from omni_jax.inference.engine import prefill
-from omni_jax.inference.generate import generate
-from omni_jax.models import decoder
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from common import emit, median_time, parser, row  # noqa: E402
+
+from omni_jax.inference.cache import init_cache  # noqa: E402
+from omni_jax.inference.engine import prefill  # noqa: E402
+from omni_jax.inference.generate import generate  # noqa: E402
+from omni_jax.models import decoder  # noqa: E402
 
 SHAPE = dict(
     vocab_size=32000, hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2,
@@ -35,21 +36,11 @@ MOE = dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=704, norm
 PROMPT, PREFILL, NEW = 16, 512, 128
 
 
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up (compilation)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def copy_bandwidth(nbytes: int = 256 << 20) -> float:
     """Bytes/s moved by a large memcpy (read + write), median of 10."""
     src = np.ones(nbytes // 4, np.float32)
     dst = np.empty_like(src)
-    return 2 * nbytes / median_time(lambda: np.copyto(dst, src), 10)
+    return 2 * nbytes / median_time(lambda: np.copyto(dst, src), warmup=1, repeats=10)
 
 
 def step_bytes(params: dict) -> int:
@@ -88,35 +79,31 @@ def jax_prefill(params, config, ids):
     prefill(params, config, ids, init_cache(config, ids.shape[0], ids.shape[1])).logits.block_until_ready()
 
 
-def row(name, ours, reference, unit):
-    ratio = reference / ours if unit in ("s", "ms") else ours / reference
-    return dict(
-        name=name, jax=round(ours, 3), reference=round(reference, 3), unit=unit, ratio=round(ratio, 3)
-    )
-
-
 def decode_rows(tag, hf, config, params, repeats, batches=(1, 8)):
     rows = []
     for b in batches:
         ids = torch.randint(1, SHAPE["vocab_size"], (b, PROMPT), generator=torch.Generator().manual_seed(b))
-        ours = median_time(lambda ids=ids: jax_generate(params, config, ids.numpy(), NEW), repeats)
-        ref = median_time(lambda ids=ids: hf_generate(hf, ids, NEW), repeats)
-        rows.append(row(f"{tag}_decode{NEW}_b{b}", b * NEW / ours, b * NEW / ref, "tok/s"))
+        ours = median_time(
+            lambda ids=ids: jax_generate(params, config, ids.numpy(), NEW), warmup=1, repeats=repeats
+        )
+        ref = median_time(lambda ids=ids: hf_generate(hf, ids, NEW), warmup=1, repeats=repeats)
+        rows.append(
+            row(f"{tag}_decode{NEW}_b{b}", b * NEW / ours, b * NEW / ref, "tok/s", higher_is_better=True)
+        )
     return rows
 
 
 def prefill_row(tag, hf, config, params, repeats):
     ids = torch.randint(1, SHAPE["vocab_size"], (1, PREFILL), generator=torch.Generator().manual_seed(0))
-    ours = median_time(lambda: jax_prefill(params, config, ids.numpy()), repeats)
-    ref = median_time(lambda: hf_prefill(hf, ids), repeats)
+    ours = median_time(lambda: jax_prefill(params, config, ids.numpy()), warmup=1, repeats=repeats)
+    ref = median_time(lambda: hf_prefill(hf, ids), warmup=1, repeats=repeats)
     return row(f"{tag}_prefill{PREFILL}_b1", 1e3 * ours, 1e3 * ref, "ms")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true", help="one JSON object per row")
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
     torch.set_num_threads(2)
 
     hf, config, params = models("qwen2")
@@ -124,26 +111,16 @@ def main() -> None:
     rows += decode_rows("qwen2", hf, config, params, args.repeats)
     bound = copy_bandwidth() / step_bytes(params)  # steps/s at batch 1
     b1 = rows[1]
-    rows.append(
-        row("qwen2_decode_b1_bandwidth", 100 * b1["jax"] / bound, 100 * b1["reference"] / bound, "% of bound")
-    )
-    rows[-1]["bound_tok_s"] = round(bound, 1)
+    percents = 100 * b1["jax"] / bound, 100 * b1["reference"] / bound
+    bandwidth = row("qwen2_decode_b1_bandwidth", *percents, "% of bound", higher_is_better=True)
+    rows.append(bandwidth | {"bound_tok_s": round(bound, 1)})
 
     hf, config, params = models("qwen3_moe")
     for impl in ("ragged", "dense"):
         cfg = dataclasses.replace(config, moe_impl=impl)
         rows.append(prefill_row(f"moe_{impl}", hf, cfg, params, args.repeats))
         rows += decode_rows(f"moe_{impl}", hf, cfg, params, args.repeats, batches=(1,))
-
-    for r in rows:
-        if args.json:
-            print(json.dumps(r))
-        else:
-            extra = f"  (bound {r['bound_tok_s']} tok/s)" if "bound_tok_s" in r else ""
-            print(
-                f"{r['name']:<28} jax {r['jax']:>10.3f}  transformers {r['reference']:>10.3f} "
-                f"{r['unit']:<10} ratio {r['ratio']:.2f}{extra}"
-            )
+    emit(rows, args.json)
 
 
 if __name__ == "__main__":

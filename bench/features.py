@@ -26,13 +26,19 @@ def main() -> None:
     for bins in (80, 128):
         extractor = WhisperFeatureExtractor(feature_size=bins)
         t_torch = median_time(lambda e=extractor: e._torch_extract_fbank_features(batch), repeats=9)
-        t_numpy = median_time(lambda e=extractor: e._np_extract_fbank_features(batch[:1], "cpu"), repeats=3) * 8
+        t_numpy = (
+            median_time(lambda e=extractor: e._np_extract_fbank_features(batch[:1], "cpu"), repeats=3) * 8
+        )
         for mode, f64 in (("exact float64 STFT", True), ("float32 STFT", False)):
             t_jax = median_time(
                 lambda b=bins, f=f64: log_mel_spectrogram(device_batch, b, f).block_until_ready(), repeats=9
             )
-            rows.append(row(f"log-mel {bins} bins 8x30s, {mode} vs torch path", t_jax * 1e3, t_torch * 1e3, "ms"))
-            rows.append(row(f"log-mel {bins} bins 8x30s, {mode} vs numpy path", t_jax * 1e3, t_numpy * 1e3, "ms"))
+            rows.append(
+                row(f"log-mel {bins} bins 8x30s, {mode} vs torch path", t_jax * 1e3, t_torch * 1e3, "ms")
+            )
+            rows.append(
+                row(f"log-mel {bins} bins 8x30s, {mode} vs numpy path", t_jax * 1e3, t_numpy * 1e3, "ms")
+            )
     emit(rows, args.json)
 
 

@@ -15,22 +15,19 @@ import copy
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from common import emit, median_time, parser, row  # noqa: E402
+from common import ROOT, median_time, row, run_configs  # noqa: E402
 
-from omni_jax.audio import load_audio  # noqa: E402
 from omni_jax.inference.cache import init_cache  # noqa: E402
 from omni_jax.models import qwen3_omni_thinker as thinker  # noqa: E402
 from omni_jax.pipelines import qwen3_omni  # noqa: E402
-from omni_jax.processing import Qwen3OmniProcessor, save_tokenizer_files  # noqa: E402
+from omni_jax.processing import Qwen3OmniProcessor  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 TINY = json.loads((ROOT / "configs" / "tiny-qwen3-omni-thinker.json").read_text())
 SMALL_AUDIO = dict(d_model=256, encoder_layers=4, encoder_attention_heads=4, encoder_ffn_dim=1024,
                    downsample_hidden_size=32, output_dim=256)  # fmt: skip
@@ -113,25 +110,15 @@ def generate_tok_s(model, pipe, clips, repeats) -> dict:
     return row(f"generate{NEW}_b{len(clips)}", *rates, "tok/s", higher_is_better=True)
 
 
-def main() -> None:
-    import torch
-
-    p = parser(__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--configs", nargs="+", default=["tiny", "small"], choices=["tiny", "small"])
-    args = p.parse_args()
-    torch.set_num_threads(2)
-    speech = load_audio(ROOT / "omni_jax" / "assets" / "speech.wav")
+def measure_config(name: str, folder, speech, repeats: int) -> list[dict]:
+    model, pipe, ref_processor = models(TINY if name == "tiny" else small_config(), folder)
     clips = [np.resize(speech, 160_000), np.resize(speech, 96_000)]
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = save_tokenizer_files(tmp, "qwen3_omni_moe")
-        for name in args.configs:
-            model, pipe, ref_processor = models(TINY if name == "tiny" else small_config(), folder)
-            found = [first_token_ms(model, pipe, ref_processor, clips[:1], args.repeats)]
-            found += [generate_tok_s(model, pipe, clips[:b], args.repeats) for b in (1, 2)]
-            rows += [{**r, "name": f"{name}_{r['name']}"} for r in found]
-    emit(rows, args.json)
+    found = [first_token_ms(model, pipe, ref_processor, clips[:1], repeats)]
+    return found + [generate_tok_s(model, pipe, clips[:b], repeats) for b in (1, 2)]
+
+
+def main() -> None:
+    run_configs(__doc__.splitlines()[0], ("tiny", "small"), "qwen3_omni_moe", measure_config)
 
 
 if __name__ == "__main__":

@@ -91,7 +91,12 @@ def compare(torch_module: Any, *args: Any, atol: float | None = None, **kwargs: 
 
 
 def whisper_features_reference(
-    waveforms, *, num_mel_bins: int = 80, padding: str = "max_length", max_samples: int = 480000, path: str = "numpy"
+    waveforms,
+    *,
+    num_mel_bins: int = 80,
+    padding: str = "max_length",
+    max_samples: int = 480000,
+    path: str = "numpy",
 ) -> tuple[np.ndarray, np.ndarray]:
     """transformers' WhisperFeatureExtractor on its numpy path (path="numpy") or its torch path ("torch")."""
     import transformers.models.whisper.feature_extraction_whisper as fx
@@ -116,16 +121,13 @@ def whisper_features_reference(
     return out["input_features"], out["attention_mask"]
 
 
-def compare_features(
-    waveforms, *, num_mel_bins: int = 80, padding: str = "max_length", max_samples: int = 480000, path: str = "numpy"
-) -> Report:
-    """omni_jax.audio.log_mel against WhisperFeatureExtractor; a mask mismatch is reported as a shape failure."""
+def compare_features(waveforms, *, path: str = "numpy", **options: Any) -> Report:
+    """omni_jax.audio.log_mel against WhisperFeatureExtractor; a mask mismatch fails as a shape mismatch.
+    `options` (num_mel_bins, padding, max_samples) go to both, as `whisper_features_reference`'s keywords."""
     from omni_jax.audio import log_mel
 
-    ref, ref_mask = whisper_features_reference(
-        waveforms, num_mel_bins=num_mel_bins, padding=padding, max_samples=max_samples, path=path
-    )
-    ours, mask = log_mel(waveforms, num_mel_bins=num_mel_bins, padding=padding, max_samples=max_samples)
+    ref, ref_mask = whisper_features_reference(waveforms, path=path, **options)
+    ours, mask = log_mel(waveforms, **options)
     if not np.array_equal(np.asarray(mask), ref_mask):
         return Report(f"log_mel mask ({path})", float("inf"), float("inf"), ref_mask.shape, (-1,), 2e-5)
     return report(f"log_mel vs WhisperFeatureExtractor ({path} path)", ref, np.asarray(ours), 2e-5)

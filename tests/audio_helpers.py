@@ -6,6 +6,9 @@ import contextlib
 
 import jax
 
+# the shape both tiny encoder test configs share (AuT and the Whisper-style encoders)
+TINY_ENCODER = dict(d_model=32, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=64)
+
 
 def randomize(module, seed: int = 1234):
     """Re-draw every parameter (default inits are too flat to exercise biases and norms): norm weights

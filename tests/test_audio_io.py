@@ -13,7 +13,10 @@ def tone(n, sr, freq=440.0):
     return (0.5 * np.sin(2 * np.pi * freq * np.arange(n) / sr)).astype(np.float32)
 
 
-@pytest.mark.parametrize("suffix, subtype", [(".wav", "PCM_16"), (".wav", "PCM_32"), (".wav", "FLOAT"), (".flac", "PCM_16"), (".ogg", "VORBIS")])
+@pytest.mark.parametrize(
+    "suffix, subtype",
+    [(".wav", "PCM_16"), (".wav", "PCM_32"), (".wav", "FLOAT"), (".flac", "PCM_16"), (".ogg", "VORBIS")],
+)
 def test_formats_read_as_float32(tmp_path, suffix, subtype):
     path = tmp_path / f"a{suffix}"
     sf.write(path, tone(16000, 16000), 16000, subtype=subtype)

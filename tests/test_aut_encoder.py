@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from audio_helpers import count_compilations, randomize
+from audio_helpers import TINY_ENCODER, count_compilations, randomize
 from transformers.models.qwen3_omni_moe.configuration_qwen3_omni_moe import Qwen3OmniMoeAudioEncoderConfig
 from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import (
     Qwen3OmniMoeAudioEncoder,
@@ -18,10 +18,7 @@ MEL = 16
 # spec part C: 2 layers, conv chunks of 100 frames (13 tokens), attention windows of 2 chunks (26 tokens)
 TINY = dict(
     num_mel_bins=MEL,
-    d_model=32,
-    encoder_layers=2,
-    encoder_attention_heads=4,
-    encoder_ffn_dim=64,
+    **TINY_ENCODER,
     downsample_hidden_size=8,
     output_dim=64,
     n_window=50,

@@ -125,3 +125,22 @@ def test_cache_overflow_is_an_error_before_running():
 def test_prompt_lengths_share_a_bucket():
     assert [engine.bucket(t, 1 << 20) for t in (1, 8, 9, 16, 17, 500)] == [8, 8, 16, 16, 32, 512]
     assert engine.bucket(9, 12) == 12 and engine.bucket(12, 12) == 12
+
+
+def test_repetition_penalty_sees_prompt_ids_with_embedding_inputs():
+    """Multimodal callers pass embeddings plus `prompt_ids`: the penalty must see the prompt as with ids."""
+    from omni_jax.inference.sampling import Sampling
+
+    model = tiny("qwen2")
+    config, params = decoder.from_torch(model)
+    ids, mask = prompts()
+    ids, mask = ids.numpy(), mask.numpy()
+    sampling = Sampling(repetition_penalty=0.05)  # < 1 favours seen tokens: the prompt then steers the output
+    with_ids = generate(params, config, ids, attention_mask=mask, max_new_tokens=8, sampling=sampling)
+    embeds = np.asarray(decoder.embed(params, config, jnp.asarray(ids)))
+    with_embeds = generate(
+        params, config, embeds, attention_mask=mask, max_new_tokens=8, sampling=sampling, prompt_ids=ids
+    )
+    np.testing.assert_array_equal(np.asarray(with_ids), np.asarray(with_embeds))
+    blind = generate(params, config, embeds, attention_mask=mask, max_new_tokens=8, sampling=sampling)
+    assert not np.array_equal(np.asarray(with_ids), np.asarray(blind))

@@ -30,7 +30,9 @@ def assert_parity(clips, bins, padding):
 def test_mel_filters_equal_transformers(bins):
     from transformers import WhisperFeatureExtractor
 
-    np.testing.assert_allclose(mel_filters(bins), WhisperFeatureExtractor(feature_size=bins).mel_filters, atol=1e-12)
+    np.testing.assert_allclose(
+        mel_filters(bins), WhisperFeatureExtractor(feature_size=bins).mel_filters, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("bins", [80, 128])
@@ -66,7 +68,7 @@ def test_truncation_to_max_length():
 
 
 def test_padding_frames_follow_transformers():
-    """Silent padding frames sit at max - 2 after normalisation, not at zero (the per-example floor covers them).
+    """Silent padding frames sit at max - 2 after normalisation, not at zero (the per-example floor).
     The first two masked frames still overlap the clip's last 200 samples."""
     ours, mask = log_mel([noise(16000)], num_mel_bins=80)
     assert int(np.asarray(mask).sum()) == 100

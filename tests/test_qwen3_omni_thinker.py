@@ -279,7 +279,7 @@ def test_bad_inputs(pipe, inputs):
 
 
 def test_thinker_only_checkpoint_loads(folder, model, pipe, tmp_path):
-    """A thinker saved on its own (model_type qwen3_omni_moe_thinker) loads and converts to the same params."""
+    """A thinker saved on its own (model_type qwen3_omni_moe_thinker) loads and converts to equal params."""
     model.save_pretrained(tmp_path / "thinker")
     save_tokenizer_files(tmp_path / "thinker", "qwen3_omni_moe")
     alone = qwen3_omni.load(tmp_path / "thinker")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from audio_helpers import randomize
+from audio_helpers import TINY_ENCODER, randomize
 from transformers import AudioFlamingo3EncoderConfig, Qwen2AudioEncoderConfig, WhisperConfig
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.audioflamingo3.modeling_audioflamingo3 import AudioFlamingo3Encoder
@@ -16,14 +16,7 @@ from omni_jax.models import whisper_encoder as we
 
 MEL, POSITIONS = 8, 30
 FRAMES = 2 * POSITIONS
-TINY = dict(
-    num_mel_bins=MEL,
-    d_model=32,
-    encoder_layers=2,
-    encoder_attention_heads=4,
-    encoder_ffn_dim=64,
-    max_source_positions=POSITIONS,
-)
+TINY = dict(num_mel_bins=MEL, **TINY_ENCODER, max_source_positions=POSITIONS)
 CLASSES = {
     "whisper": (WhisperEncoder, WhisperConfig),
     "qwen2_audio": (Qwen2AudioEncoder, Qwen2AudioEncoderConfig),

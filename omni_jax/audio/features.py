@@ -67,7 +67,9 @@ def _stft_in_float64(float64_stft: bool | None) -> bool:
 
 
 @functools.partial(jax.jit, static_argnames=("num_mel_bins", "float64_stft"))
-def log_mel_spectrogram(waveforms: jax.Array, num_mel_bins: int = 80, float64_stft: bool | None = None) -> jax.Array:
+def log_mel_spectrogram(
+    waveforms: jax.Array, num_mel_bins: int = 80, float64_stft: bool | None = None
+) -> jax.Array:
     """Log-mel of already padded waveforms. waveforms: b l float32 -> b mels (l // 160).
 
     The STFT runs in float64 (as transformers' numpy path) when `float64_stft`, by default on CPU only: in
@@ -84,7 +86,9 @@ def log_mel_spectrogram(waveforms: jax.Array, num_mel_bins: int = 80, float64_st
     return jnp.swapaxes((log_spec + 4.0) / 4.0, 1, 2)
 
 
-def _validate(waveforms, num_mel_bins: int, padding: str, max_samples: int, sampling_rate: int) -> list[np.ndarray]:
+def _validate(
+    waveforms, num_mel_bins: int, padding: str, max_samples: int, sampling_rate: int
+) -> list[np.ndarray]:
     if sampling_rate != SAMPLING_RATE:
         raise ValueError(
             f"log_mel needs {SAMPLING_RATE} Hz audio, got sampling_rate={sampling_rate}: resample first with "
@@ -110,7 +114,9 @@ def _validate(waveforms, num_mel_bins: int, padding: str, max_samples: int, samp
     for i, w in enumerate(waveforms):
         w = np.asarray(w)
         if w.ndim != 1:
-            raise ValueError(f"waveform {i} has shape {w.shape}; expected 1-D mono samples (mix to mono first)")
+            raise ValueError(
+                f"waveform {i} has shape {w.shape}; expected 1-D mono samples (mix to mono first)"
+            )
         if w.size == 0:
             raise ValueError(f"waveform {i} is empty")
         if not np.issubdtype(w.dtype, np.number) or np.iscomplexobj(w):
@@ -135,7 +141,7 @@ def pad_waveforms(
     frames = length // HOP_LENGTH
     if frames == 0:
         raise ValueError(
-            f"padded length {length} samples is shorter than one hop ({HOP_LENGTH}); no frame can be computed "
+            f"padded length {length} samples is shorter than one hop ({HOP_LENGTH}): no frame to compute "
             "(pad to the 30-s window with padding='max_length')"
         )
     mask = (np.arange(frames)[None, :] * HOP_LENGTH < kept[:, None]).astype(np.int32)

@@ -41,7 +41,11 @@ def load_audio(path: str | os.PathLike, sampling_rate: int = 16000) -> np.ndarra
         info = sf.info(str(path))
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError
         raise ValueError(f"cannot read audio file {path}: {e}") from None
-    dtype = "int32" if info.subtype in ("PCM_24", "PCM_32") else ("int16" if info.subtype == "PCM_16" else "float32")
+    dtype = (
+        "int32"
+        if info.subtype in ("PCM_24", "PCM_32")
+        else ("int16" if info.subtype == "PCM_16" else "float32")
+    )
     data, sr = sf.read(str(path), dtype=dtype, always_2d=False)
     if data.size == 0:
         raise ValueError(f"audio file {path} contains no samples")

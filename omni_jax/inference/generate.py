@@ -9,6 +9,7 @@ the EOS itself is emitted). Step i samples with `jax.random.fold_in(PRNGKey(seed
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,33 +25,18 @@ from omni_jax.models.decoder import Config
 
 
 def generate(
-    params: dict,
-    config: Config,
-    inputs: Any,
-    *,
-    max_new_tokens: int,
-    attention_mask: Any = None,
-    positions: Any = None,
-    layer_inputs: Any = None,
-    sampling: Sampling = GREEDY,
-    eos_ids: int | tuple[int, ...] = (),
-    pad_id: int | None = None,
-    seed: int = 0,
-    cache_length: int | None = None,
-    prompt_ids: Any = None,
-) -> jax.Array:
+    params: dict, config: Config, inputs: Any, *, max_new_tokens: int, attention_mask: Any = None,
+    positions: Any = None, layer_inputs: Any = None, sampling: Sampling = GREEDY,
+    eos_ids: int | tuple[int, ...] = (), pad_id: int | None = None, seed: int = 0,
+    cache_length: int | None = None, prompt_ids: Any = None,
+) -> jax.Array:  # fmt: skip
     """New tokens b max_new_tokens (pad after a row's EOS). `prompt_ids` (b t) are what the repetition penalty
     sees for the prompt (default: `inputs` when they are ids)."""
     eos, pad, length = _settings(config, inputs, max_new_tokens, eos_ids, pad_id, cache_length)
     inputs, start, positions, layer_inputs = prepare(
         config, inputs, attention_mask, positions, layer_inputs, length - max_new_tokens
     )
-    seen = _seen(
-        config,
-        sampling,
-        inputs if prompt_ids is None else prompt_ids,
-        prompt_ids is None and inputs.ndim == 2,
-    )
+    seen = _prompt_seen(config, sampling, inputs, prompt_ids)
     return _generate(
         params, inputs, start, positions, layer_inputs, seen, jax.random.PRNGKey(seed),
         config=config, max_new=max_new_tokens, sampling=sampling, eos=eos, pad=pad, length=length,
@@ -58,49 +44,31 @@ def generate(
     )  # fmt: skip
 
 
-def stream(
-    params: dict,
-    config: Config,
-    inputs: Any,
-    *,
-    max_new_tokens: int,
-    attention_mask: Any = None,
-    positions: Any = None,
-    layer_inputs: Any = None,
-    sampling: Sampling = GREEDY,
-    eos_ids: int | tuple[int, ...] = (),
-    pad_id: int | None = None,
-    seed: int = 0,
-    cache_length: int | None = None,
-    prompt_ids: Any = None,
-) -> Iterator[np.ndarray]:
-    """Yield each step's tokens (b,) as soon as they are chosen; same arguments and tokens as `generate`."""
-    eos, pad, length = _settings(config, inputs, max_new_tokens, eos_ids, pad_id, cache_length)
+def stream(params: dict, config: Config, inputs: Any, **options: Any) -> Iterator[np.ndarray]:
+    """Yield each step's tokens (b,) as soon as they are chosen; the same keyword arguments (checked against
+    `generate`'s signature) and tokens as `generate`."""
+    bound = inspect.signature(generate).bind(params, config, inputs, **options)
+    bound.apply_defaults()
+    a = bound.arguments
+    max_new_tokens, sampling = a["max_new_tokens"], a["sampling"]
+    eos, pad, length = _settings(config, inputs, max_new_tokens, a["eos_ids"], a["pad_id"], a["cache_length"])
     b = np.shape(inputs)[0]
-    seen = _seen(
-        config,
-        sampling,
-        inputs if prompt_ids is None else prompt_ids,
-        prompt_ids is None and np.ndim(inputs) == 2,
-    )
+    seen = _prompt_seen(config, sampling, inputs, a["prompt_ids"])
     cache = init_cache(config, b, length, _dtype(params))
     step = prefill(
-        params,
-        config,
-        inputs,
-        cache,
-        attention_mask=attention_mask,
-        positions=positions,
-        layer_inputs=layer_inputs,
-        reserve=max_new_tokens - 1,
-    )
-    key, done = jax.random.PRNGKey(seed), jnp.zeros((b,), bool)
+        params, config, inputs, cache, attention_mask=a["attention_mask"], positions=a["positions"],
+        layer_inputs=a["layer_inputs"], reserve=max_new_tokens - 1,
+    )  # fmt: skip
+    key, done = jax.random.PRNGKey(a["seed"]), jnp.zeros((b,), bool)
     for i in range(max_new_tokens):
         token, done, seen = _select_jit(step.logits, key, i, seen, done, sampling, eos, pad)
         yield np.asarray(token)
         if bool(done.all()) or i == max_new_tokens - 1:
             return
         step = decode_step(params, config, token, step.cache)
+
+
+stream.__signature__ = inspect.signature(generate).replace(return_annotation=Iterator[np.ndarray])
 
 
 def _settings(
@@ -123,13 +91,16 @@ def _settings(
     return eos, pad, length
 
 
-def _seen(config, sampling, ids, are_ids: bool) -> jax.Array | None:
-    """b vocab mask of prompt tokens for the repetition penalty (None when the penalty is off)."""
+def _prompt_seen(config, sampling, inputs, prompt_ids) -> jax.Array | None:
+    """b vocab mask of prompt tokens for the repetition penalty (None when the penalty is off): `prompt_ids`
+    when given (embedding inputs), else `inputs` when they are ids (b t); padding ids count, as in transformers."""
     if sampling.repetition_penalty == 1.0:
         return None
-    ids = jnp.asarray(ids)
+    ids = jnp.asarray(inputs if prompt_ids is None else prompt_ids)
     seen = jnp.zeros((ids.shape[0], config.vocab_size), bool)
-    return seen.at[jnp.arange(ids.shape[0])[:, None], ids].set(True) if are_ids else seen
+    if ids.ndim != 2 or not jnp.issubdtype(ids.dtype, jnp.integer):
+        return seen
+    return seen.at[jnp.arange(ids.shape[0])[:, None], ids].set(True)
 
 
 def _dtype(params: dict):

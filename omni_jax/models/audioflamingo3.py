@@ -26,6 +26,7 @@ from omni_jax.inference import generate as engine
 from omni_jax.inference.sampling import GREEDY, Sampling
 from omni_jax.models import decoder, projector, whisper_encoder
 from omni_jax.models.audio_common import hf_get
+from omni_jax.models.decoder import generation_ids, masked_rows, trim_to
 from omni_jax.parity import LOGITS_ATOL, ParityCase
 
 # 5.23 in-memory key prefixes -> hub (on-disk) prefixes
@@ -243,14 +244,6 @@ def torch_inputs(inputs: dict) -> dict[str, np.ndarray]:
     }
 
 
-def masked_rows(reference: np.ndarray, ours: np.ndarray, attention_mask) -> tuple[np.ndarray, np.ndarray]:
-    """Zero the outputs of left-padding positions (unused in both implementations)."""
-    if attention_mask is None:
-        return reference, ours
-    keep = np.asarray(attention_mask).astype(bool)[..., None]
-    return np.where(keep, reference, 0), np.where(keep, ours, 0)
-
-
 def _logits_case(module, input_ids, input_features=None, input_features_mask=None, attention_mask=None):
     import torch
 
@@ -263,41 +256,15 @@ def _logits_case(module, input_ids, input_features=None, input_features_mask=Non
     return masked_rows(reference, np.asarray(logits(params, config, inputs)), inputs.get("attention_mask"))
 
 
-def generation_ids(generation_config) -> tuple[tuple[int, ...], int]:
-    """(EOS ids, pad id) of a transformers GenerationConfig (or its dict), with transformers' fallbacks."""
-    get = (
-        generation_config.get
-        if isinstance(generation_config, dict)
-        else lambda k: getattr(generation_config, k, None)
-    )
-    eos = get("eos_token_id")
-    eos = () if eos is None else (eos,) if isinstance(eos, int) else tuple(eos)
-    pad = get("pad_token_id")
-    return eos, pad if pad is not None else (eos[0] if eos else 0)
-
-
-def trim_to(reference: np.ndarray, ours: np.ndarray, pad: int) -> np.ndarray:
-    """Drop our all-pad columns past the reference's length (transformers stops once every row has ended)."""
-    ours = np.asarray(ours)
-    return ours[:, : reference.shape[1]] if (ours[:, reference.shape[1] :] == pad).all() else ours
-
-
 def _generate_case(
     module, input_ids, attention_mask, max_new_tokens, input_features=None, input_features_mask=None
 ):
     """Greedy new tokens (b n) of transformers' generate and ours, same inputs and EOS / pad ids."""
-    import torch
-
     config, params = from_torch(module)
     eos, pad = generation_ids(module.generation_config)
     inputs = dict(input_ids=input_ids, attention_mask=attention_mask, input_features=input_features,
                   input_features_mask=input_features_mask)  # fmt: skip
-    given = {k: v for k, v in inputs.items() if v is not None}
-    with torch.no_grad():
-        reference = module.generate(
-            **given, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-            eos_token_id=list(eos) or None, pad_token_id=pad,
-        )[:, input_ids.shape[1] :].numpy()  # fmt: skip
+    reference = decoder.reference_generate(module, inputs, max_new_tokens, eos, pad)
     ours = generate(
         params, config, torch_inputs(inputs), max_new_tokens=max_new_tokens, eos_ids=eos, pad_id=pad
     )

@@ -416,7 +416,7 @@ def _causal_lm_case(module, input_ids, attention_mask=None, position_ids=None):
         start = jnp.asarray((attention_mask.shape[1] - attention_mask.sum(1)).numpy(), jnp.int32)
     positions = None if position_ids is None else jnp.asarray(position_ids.numpy(), jnp.float32)
     out, _ = forward(params, config, ids, positions=positions, start=start)
-    return _masked(ref.numpy(), np.asarray(out.logits), attention_mask)
+    return masked_rows(ref.numpy(), np.asarray(out.logits), attention_mask)
 
 
 def _thinker_text_case(module, input_ids=None, position_ids=None, attention_mask=None, inputs_embeds=None):
@@ -439,15 +439,16 @@ def _thinker_text_case(module, input_ids=None, position_ids=None, attention_mask
     if positions is not None and positions.ndim == 3 and positions.shape[0] == 4:
         positions = positions[1:]  # row 0 is transformers' text positions (mask bookkeeping only)
     out, _ = forward(params, config, inputs, positions=positions, start=start, logits="none")
-    return _masked(ref.numpy(), np.asarray(out.hidden), attention_mask)
+    return masked_rows(ref.numpy(), np.asarray(out.hidden), attention_mask)
 
 
-def _masked(ref: np.ndarray, ours: np.ndarray, attention_mask) -> tuple[np.ndarray, np.ndarray]:
-    """Zero the padded query rows (their outputs are unused garbage in both implementations)."""
+def masked_rows(reference: np.ndarray, ours: np.ndarray, attention_mask) -> tuple[np.ndarray, np.ndarray]:
+    """Zero the outputs of left-padding positions (unused garbage in both implementations); the mask may be a
+    numpy array or a CPU torch tensor."""
     if attention_mask is None:
-        return ref, ours
-    keep = attention_mask.numpy().astype(bool)[..., None]
-    return np.where(keep, ref, 0), np.where(keep, ours, 0)
+        return reference, ours
+    keep = np.asarray(attention_mask).astype(bool)[..., None]
+    return np.where(keep, reference, 0), np.where(keep, ours, 0)
 
 
 PARITY = {
@@ -458,30 +459,52 @@ PARITY = {
 }
 
 
-def _generate_case(module, input_ids, attention_mask, max_new_tokens):
-    """Greedy tokens (b n) of transformers' generate and of omni_jax.inference.generate, same EOS/pad ids."""
+def generation_ids(generation_config) -> tuple[tuple[int, ...], int]:
+    """(EOS ids, pad id) of a transformers GenerationConfig (or its dict), with transformers' fallbacks."""
+    get = (
+        generation_config.get
+        if isinstance(generation_config, dict)
+        else lambda k: getattr(generation_config, k, None)
+    )
+    eos = get("eos_token_id")
+    eos = () if eos is None else (eos,) if isinstance(eos, int) else tuple(eos)
+    pad = get("pad_token_id")
+    return eos, pad if pad is not None else (eos[0] if eos else 0)
+
+
+def reference_generate(module, inputs: dict, max_new_tokens: int, eos, pad) -> np.ndarray:
+    """transformers' greedy new tokens (b n) for torch `inputs` (None values left out), same EOS / pad ids."""
     import torch
 
+    given = {k: v for k, v in inputs.items() if v is not None}
+    with torch.no_grad():
+        out = module.generate(
+            **given, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+            eos_token_id=list(eos) or None, pad_token_id=pad,
+        )  # fmt: skip
+    return out[:, given["input_ids"].shape[1] :].numpy()
+
+
+def trim_to(reference: np.ndarray, ours: np.ndarray, pad: int) -> np.ndarray:
+    """Drop our all-pad columns past the reference's length (transformers stops once every row has ended)."""
+    ours = np.asarray(ours)
+    return ours[:, : reference.shape[1]] if (ours[:, reference.shape[1] :] == pad).all() else ours
+
+
+def _generate_case(module, input_ids, attention_mask, max_new_tokens):
+    """Greedy tokens (b n) of transformers' generate and of omni_jax.inference.generate, same EOS/pad ids."""
     from omni_jax.inference.generate import generate
 
     config, params = from_torch(module)
-    eos = module.generation_config.eos_token_id
-    eos = () if eos is None else (eos,) if isinstance(eos, int) else tuple(eos)
-    pad = module.generation_config.pad_token_id
-    pad = pad if pad is not None else (eos[0] if eos else 0)
-    with torch.no_grad():
-        ref = module.generate(
-            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-            do_sample=False, num_beams=1, eos_token_id=list(eos) or None, pad_token_id=pad,
-        )[:, input_ids.shape[1] :].numpy()  # fmt: skip
+    eos, pad = generation_ids(module.generation_config)
+    ref = reference_generate(
+        module, dict(input_ids=input_ids, attention_mask=attention_mask), max_new_tokens, eos, pad
+    )
     ours = generate(
         params, config, input_ids.numpy(), attention_mask=attention_mask.numpy(),
         max_new_tokens=max_new_tokens, eos_ids=eos, pad_id=pad,
     )  # fmt: skip
-    ours = np.asarray(ours)
-    if (ours[:, ref.shape[1] :] == pad).all():  # transformers stops once every row is done
-        ours = ours[:, : ref.shape[1]]
-    return ref, ours
+    return ref, trim_to(ref, ours, pad)
 
 
 GENERATE = {name: _generate_case for name in ("Qwen2ForCausalLM", "Qwen3ForCausalLM", "Qwen3MoeForCausalLM")}

@@ -294,30 +294,19 @@ def _logits_case(module, input_ids, attention_mask=None, input_features=None, fe
     with torch.no_grad():
         ref = module(**{k: torch.as_tensor(v) for k, v in inputs.items()}).logits.float().numpy()
     ours = np.asarray(forward(params, config, inputs).logits)
-    return decoder._masked(ref, ours, attention_mask)
+    return decoder.masked_rows(ref, ours, attention_mask)
 
 
 def _generate_case(module, input_ids, attention_mask, max_new_tokens, **audio):
     """Greedy new tokens (b n) of transformers' generate and ours; EOS / pad from the generation config."""
-    import torch
-
     config, params = from_torch(module)
-    eos = module.generation_config.eos_token_id
-    eos = () if eos is None else (eos,) if isinstance(eos, int) else tuple(eos)
-    pad = module.generation_config.pad_token_id
-    pad = pad if pad is not None else (eos[0] if eos else 0)
-    with torch.no_grad():
-        ref = module.generate(
-            input_ids=input_ids, attention_mask=attention_mask, **audio, max_new_tokens=max_new_tokens,
-            do_sample=False, num_beams=1, eos_token_id=list(eos) or None, pad_token_id=pad,
-        )[:, input_ids.shape[1] :].numpy()  # fmt: skip
-    inputs = _numpy_inputs(input_ids=input_ids, attention_mask=attention_mask, **audio)
-    ours = np.asarray(
-        generate(params, config, inputs, max_new_tokens=max_new_tokens, eos_ids=eos, pad_id=pad)
+    eos, pad = decoder.generation_ids(module.generation_config)
+    given = dict(input_ids=input_ids, attention_mask=attention_mask, **audio)
+    ref = decoder.reference_generate(module, given, max_new_tokens, eos, pad)
+    ours = generate(
+        params, config, _numpy_inputs(**given), max_new_tokens=max_new_tokens, eos_ids=eos, pad_id=pad
     )
-    if (ours[:, ref.shape[1] :] == pad).all():  # transformers stops once every row is done
-        ours = ours[:, : ref.shape[1]]
-    return ref, ours
+    return ref, decoder.trim_to(ref, ours, pad)
 
 
 PARITY = {"Qwen3OmniMoeThinkerForConditionalGeneration": ParityCase(_logits_case, LOGITS_ATOL)}

@@ -58,7 +58,9 @@ def init_params(specs: Any, key: jax.Array, dtype: Any = None) -> Any:
     """Random parameters for a spec tree; `dtype` overrides every spec's dtype."""
     leaves, treedef = jax.tree.flatten(specs, is_leaf=is_spec)
     keys = jax.random.split(key, max(len(leaves), 1))
-    arrays = [_INITIALIZERS[s.init](k, s, jnp.dtype(dtype or s.dtype)) for k, s in zip(keys, leaves, strict=False)]
+    arrays = [
+        _INITIALIZERS[s.init](k, s, jnp.dtype(dtype or s.dtype)) for k, s in zip(keys, leaves, strict=False)
+    ]
     return jax.tree.unflatten(treedef, arrays)
 
 

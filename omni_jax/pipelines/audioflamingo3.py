@@ -12,31 +12,26 @@ row measures one stage.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import jax
 import numpy as np
 
-import omni_jax
 from omni_jax.audio.features import SAMPLING_RATE
-from omni_jax.inference.sampling import GREEDY, Sampling
 from omni_jax.models import audioflamingo3 as af3
 from omni_jax.models import projector, whisper_encoder
 from omni_jax.parity import LOGITS_ATOL, MODULE_ATOL, Report, report
 from omni_jax.pipelines import exact_report
+from omni_jax.pipelines.base import BasePipeline, load_checkpoint
 from omni_jax.processing import AudioFlamingo3Processor
 
 FEATURES_ATOL = MODULE_ATOL  # transformers' torch log-mel is float32 (see tests/test_processors.py)
 
 
-class Pipeline:
+class Pipeline(BasePipeline):
     """A loaded AF3 checkpoint: config, params, processor and the generation config's EOS / pad ids."""
 
-    def __init__(self, config: af3.Config, params: dict, processor: AudioFlamingo3Processor,
-                 eos_ids: tuple[int, ...], pad_id: int):  # fmt: skip
-        self.config, self.params, self.processor = config, params, processor
-        self.eos_ids, self.pad_id = eos_ids, pad_id
+    model = af3
 
     def prepare(
         self, audios: list[np.ndarray], prompts: list[str | None] | None = None
@@ -55,32 +50,6 @@ class Pipeline:
         dtype = self.params["encoder"]["conv1"]["kernel"].dtype
         return inputs | {"input_features": inputs["input_features"].astype(dtype)}
 
-    def generate(
-        self, inputs: dict, *, max_new_tokens: int, sampling: Sampling = GREEDY, seed: int = 0
-    ) -> np.ndarray:
-        """New token ids b n (finished rows padded with the pad id)."""
-        return np.asarray(af3.generate(
-            self.params, self.config, inputs, max_new_tokens=max_new_tokens, eos_ids=self.eos_ids,
-            pad_id=self.pad_id, sampling=sampling, seed=seed,
-        ))  # fmt: skip
-
-    def stream(
-        self, inputs: dict, *, max_new_tokens: int, sampling: Sampling = GREEDY, seed: int = 0
-    ) -> Iterator[np.ndarray]:
-        """Each step's tokens (b,) as they are chosen."""
-        yield from af3.stream(
-            self.params, self.config, inputs, max_new_tokens=max_new_tokens, eos_ids=self.eos_ids,
-            pad_id=self.pad_id, sampling=sampling, seed=seed,
-        )  # fmt: skip
-
-    def decode(self, ids) -> list[str]:
-        """Text of each row up to its first EOS, special tokens dropped."""
-        rows = []
-        for row in np.asarray(ids):
-            end = np.flatnonzero(np.isin(row, self.eos_ids))
-            rows.append(row[: end[0]] if len(end) else row)
-        return self.processor.batch_decode(rows, skip_special_tokens=True)
-
 
 def generation_config(path: Path, hf_config: dict) -> dict:
     """generation_config.json, else the text config's token ids (what transformers derives from it)."""
@@ -91,12 +60,7 @@ def generation_config(path: Path, hf_config: dict) -> dict:
 def load(path, *, dtype=None) -> Pipeline:
     """An HF AudioFlamingo3 folder or its omni_jax conversion (which keeps the config, tokenizer and
     processor files)."""
-    path = Path(path)
-    hf_config = json.loads((path / "config.json").read_text())
-    config = af3.Config.from_hf(hf_config)
-    _, params = omni_jax.load_pretrained(path, dtype=None if dtype is None else jax.numpy.dtype(dtype))
-    if missing := [name for name in af3.param_specs(config) if name not in params]:
-        raise ValueError(f"{path}: the checkpoint has no weights for {missing}")
+    path, hf_config, config, params = load_checkpoint(path, af3, af3.Config, dtype)
     eos, pad = af3.generation_ids(generation_config(path, hf_config))
     return Pipeline(config, params, AudioFlamingo3Processor.from_pretrained(path), eos, pad)
 

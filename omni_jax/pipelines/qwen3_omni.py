@@ -12,19 +12,18 @@ tensors on both sides, so each row measures one stage.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
 
-import jax
 import numpy as np
 
-import omni_jax
 from omni_jax.inference.sampling import GREEDY, Sampling
 from omni_jax.models import aut_encoder
 from omni_jax.models import qwen3_omni_thinker as thinker
 from omni_jax.models.thinker_positions import rope_index
 from omni_jax.parity import LOGITS_ATOL, MODULE_ATOL, Report, report
+from omni_jax.pipelines import exact_report
+from omni_jax.pipelines.base import BasePipeline, load_checkpoint
 from omni_jax.processing import Qwen3OmniProcessor
 from omni_jax.processing.common import feature_config
 from omni_jax.processing.tokenizer import load_chat_template
@@ -47,13 +46,10 @@ def conversations(audios: list[np.ndarray], prompts: list[str | None] | None) ->
     ]  # fmt: skip
 
 
-class Pipeline:
+class Pipeline(BasePipeline):
     """A loaded Qwen3-Omni thinker: config, params, processor and the EOS / pad ids."""
 
-    def __init__(self, config: thinker.ThinkerConfig, params: dict, processor: Qwen3OmniProcessor,
-                 eos_ids: tuple[int, ...], pad_id: int):  # fmt: skip
-        self.config, self.params, self.processor = config, params, processor
-        self.eos_ids, self.pad_id = eos_ids, pad_id
+    model = thinker
 
     def prepare(
         self, audios: list[np.ndarray], prompts: list[str | None] | None = None
@@ -68,30 +64,10 @@ class Pipeline:
         self, inputs: dict, *, max_new_tokens: int, sampling: Sampling = GREEDY, seed: int = 0
     ) -> np.ndarray:
         """New token ids b n (finished rows padded with the pad id; n stops once every row is done)."""
-        ids = np.asarray(thinker.generate(
-            self.params, self.config, inputs, max_new_tokens=max_new_tokens, sampling=sampling,
-            eos_ids=self.eos_ids, pad_id=self.pad_id, seed=seed,
-        ))  # fmt: skip
+        ids = super().generate(inputs, max_new_tokens=max_new_tokens, sampling=sampling, seed=seed)
         done = np.isin(ids, self.eos_ids).cumsum(1) > 0
         steps = int((~done).sum(1).max()) + 1  # up to the last row's EOS
         return ids[:, :steps]
-
-    def stream(
-        self, inputs: dict, *, max_new_tokens: int, sampling: Sampling = GREEDY, seed: int = 0
-    ) -> Iterator[np.ndarray]:
-        """Each step's tokens (b,) as they are chosen."""
-        yield from thinker.stream(
-            self.params, self.config, inputs, max_new_tokens=max_new_tokens, sampling=sampling,
-            eos_ids=self.eos_ids, pad_id=self.pad_id, seed=seed,
-        )  # fmt: skip
-
-    def decode(self, ids) -> list[str]:
-        """Text of each row up to its first EOS, special tokens dropped."""
-        rows = []
-        for row in np.asarray(ids):
-            end = np.flatnonzero(np.isin(row, self.eos_ids))
-            rows.append(row[: end[0]] if len(end) else row)
-        return self.processor.batch_decode(rows, skip_special_tokens=True)
 
 
 def generation_ids(path: Path, hf_config: dict) -> tuple[tuple[int, ...], int]:
@@ -106,12 +82,7 @@ def generation_ids(path: Path, hf_config: dict) -> tuple[tuple[int, ...], int]:
 def load(path, *, dtype=None) -> Pipeline:
     """An HF Qwen3-Omni folder (`model_type` qwen3_omni_moe) or its omni_jax conversion; only the thinker and
     its audio encoder are used."""
-    path = Path(path)
-    hf_config = json.loads((path / "config.json").read_text())
-    config = thinker.ThinkerConfig.from_hf(hf_config)
-    _, params = omni_jax.load_pretrained(path, dtype=None if dtype is None else jax.numpy.dtype(dtype))
-    if missing := [name for name in thinker.param_specs(config) if name not in params]:
-        raise ValueError(f"{path}: the checkpoint has no weights for {missing}")
+    path, hf_config, config, params = load_checkpoint(path, thinker, thinker.ThinkerConfig, dtype)
     params = {name: params[name] for name in thinker.param_specs(config)}
     return Pipeline(
         config, params, Qwen3OmniProcessor.from_pretrained(path), *generation_ids(path, hf_config)
@@ -136,13 +107,6 @@ def reference_processor(hf_dir):
             tokenizer=transformers.AutoTokenizer.from_pretrained(hf_dir),
             chat_template=load_chat_template(hf_dir),
         )
-
-
-def _exact(name: str, same: bool, shape) -> Report:
-    """A report for values that must be equal (ids, masks, tokens): difference 0 or inf."""
-    return Report(
-        name, 0.0 if same else float("inf"), 0.0 if same else float("inf"), tuple(shape), tuple(shape), 0.0
-    )
 
 
 def _valid(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -170,7 +134,7 @@ def parity_stages(hf_dir, audios, prompts=None, *, max_new_tokens: int = 24) -> 
     ours = pipe.prepare(audios, prompts)
     exact = [k for k in ref if k != "input_features"]
     reports = [
-        _exact("prompt ids + masks", all(k in ours and np.array_equal(ours[k], ref[k]) for k in exact),
+        exact_report("prompt ids + masks", all(k in ours and np.array_equal(ours[k], ref[k]) for k in exact),
                ref["input_ids"].shape),
         report("features (log-mel)", ref["input_features"], ours["input_features"], MODULE_ATOL),
     ]  # fmt: skip
@@ -201,4 +165,4 @@ def parity_stages(hf_dir, audios, prompts=None, *, max_new_tokens: int = 24) -> 
     tokens = pipe.generate(ref, max_new_tokens=max_new_tokens)
     same = reference.shape == tokens.shape and np.array_equal(reference, tokens)
     name = f"greedy tokens ({reference.shape[1]} new, {'identical' if same else 'DIFFERENT'})"
-    return [*reports, _exact(name, same, reference.shape)]
+    return [*reports, exact_report(name, same, reference.shape)]

@@ -17,14 +17,7 @@ import numpy as np
 
 from omni_jax.audio import log_mel
 from omni_jax.audio.features import SAMPLING_RATE
-from omni_jax.processing.common import (
-    AudioTextProcessor,
-    as_clips,
-    as_texts,
-    check_placeholder_count,
-    expand_placeholders,
-    feature_config,
-)
+from omni_jax.processing.common import AudioTextProcessor, check_placeholder_count, feature_config
 from omni_jax.processing.tokenizer import Tokenizer
 
 ANSWER_PREFIXES = (
@@ -132,9 +125,8 @@ class AudioFlamingo3Processor(AudioTextProcessor):
         output_labels: bool = False,
     ) -> dict[str, np.ndarray]:
         """Expand each prompt's `<sound>` for its clip (audio[i] belongs to text[i]), tokenise, pad."""
-        texts = as_texts(text)
+        texts, clips = self._texts_and_clips(text, audio, sampling_rate)
         token = self.config.audio_token
-        clips = None if audio is None else as_clips(audio, sampling_rate)
         if clips is not None and len(clips) != len(texts):
             raise ValueError(
                 f"got {len(texts)} prompt(s) but {len(clips)} audio(s); AF3 takes one audio per prompt"
@@ -142,19 +134,16 @@ class AudioFlamingo3Processor(AudioTextProcessor):
         counts = check_placeholder_count(texts, token, None if clips is None else len(clips))
         if clips is not None and any(c != 1 for c in counts):
             raise ValueError(f"each prompt needs exactly one {token} for its audio; per prompt: {counts}")
-        audio_inputs = {} if clips is None else self.audio_features(clips)
-        if clips is not None:
-            texts = expand_placeholders(
-                texts, token, [token * int(n) for n in audio_inputs.pop("num_audio_tokens")]
-            )
-        out = self.tokenizer(texts, padding_side=padding_side, add_special_tokens=add_special_tokens)
+        out = self._tokenize(
+            texts, clips, token, padding_side=padding_side, add_special_tokens=add_special_tokens
+        )
         if output_labels:
             pad = self.tokenizer.special_tokens.get("pad_token")
             ignored = out["input_ids"] == self.audio_token_id
             if pad is not None:
                 ignored |= out["input_ids"] == self.tokenizer.token_id(pad)
             out["labels"] = np.where(ignored, -100, out["input_ids"])
-        return out | audio_inputs
+        return out
 
     def apply_transcription_request(self, audio, prompt=None, tokenize: bool = True, **kwargs):
         """One user turn per clip (a path or a waveform): [prompt (default: transcription request), audio],

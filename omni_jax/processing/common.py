@@ -103,6 +103,25 @@ class AudioTextProcessor:
     def __call__(self, text, audio=None, **kwargs) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
+    def audio_features(self, clips: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """Model inputs of the clips, with "num_audio_tokens" (placeholder tokens each clip expands to)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _texts_and_clips(text, audio, sampling_rate: int) -> tuple[list[str], list[np.ndarray] | None]:
+        """Checked prompts and 16-kHz clips (None without audio)."""
+        return as_texts(text), None if audio is None else as_clips(audio, sampling_rate)
+
+    def _tokenize(self, texts: list[str], clips, token: str, **tokenizer_kwargs) -> dict[str, np.ndarray]:
+        """`audio_features` of the clips (None: text only), the k-th `token` of the batch repeated for clip
+        k's audio tokens, then the texts tokenised and padded; -> tokenizer outputs | audio features."""
+        if clips is None:
+            return self.tokenizer(texts, **tokenizer_kwargs)
+        audio_inputs = self.audio_features(clips)
+        counts = audio_inputs.pop("num_audio_tokens")
+        texts = expand_placeholders(texts, token, [token * int(n) for n in counts])
+        return self.tokenizer(texts, **tokenizer_kwargs) | audio_inputs
+
     def apply_chat_template(
         self,
         conversation,

@@ -18,14 +18,7 @@ import numpy as np
 from omni_jax.audio import log_mel
 from omni_jax.audio.features import N_FFT, SAMPLING_RATE
 from omni_jax.models.aut_encoder import audio_token_count
-from omni_jax.processing.common import (
-    AudioTextProcessor,
-    as_clips,
-    as_texts,
-    check_placeholder_count,
-    expand_placeholders,
-    feature_config,
-)
+from omni_jax.processing.common import AudioTextProcessor, check_placeholder_count, feature_config
 from omni_jax.processing.tokenizer import Tokenizer
 
 
@@ -56,14 +49,20 @@ class Qwen3OmniProcessor(AudioTextProcessor):
         return cls(Tokenizer.from_pretrained(folder), Qwen3OmniProcessorConfig.from_pretrained(folder))
 
     def audio_features(self, clips: list[np.ndarray]) -> dict[str, np.ndarray]:
-        """Log-mel of the clips padded to the longest. -> input_features, feature_attention_mask."""
+        """Log-mel of the clips padded to the longest. -> input_features, feature_attention_mask,
+        num_audio_tokens (one per clip)."""
         if max(len(c) for c in clips) <= N_FFT // 2:
             raise ValueError(
                 f"the longest clip has {max(len(c) for c in clips)} samples; the log-mel needs more than "
                 f"{N_FFT // 2} (its reflect padding)"
             )
         features, mask = log_mel(clips, num_mel_bins=self.config.num_mel_bins, padding="longest")
-        return {"input_features": np.asarray(features), "feature_attention_mask": np.asarray(mask)}
+        mask = np.asarray(mask)
+        return {
+            "input_features": np.asarray(features),
+            "feature_attention_mask": mask,
+            "num_audio_tokens": audio_token_count(mask.sum(-1)),
+        }
 
     def _check_text_only_modalities(self, texts: list[str], images, videos) -> None:
         if images is not None or videos is not None:
@@ -86,13 +85,9 @@ class Qwen3OmniProcessor(AudioTextProcessor):
         """Expand the k-th `<|audio_pad|>` for audio[k], tokenise, pad the batch to its longest row."""
         if text is None:
             raise ValueError("Qwen3-Omni's processor needs a text (with one <|audio_pad|> per audio)")
-        texts = as_texts(text)
+        texts, clips = self._texts_and_clips(text, audio, sampling_rate)
         self._check_text_only_modalities(texts, images, videos)
-        clips = None if audio is None else as_clips(audio, sampling_rate)
         check_placeholder_count(texts, self.audio_token, None if clips is None else len(clips))
-        audio_inputs = {} if clips is None else self.audio_features(clips)
-        if clips is not None:
-            counts = audio_token_count(audio_inputs["feature_attention_mask"].sum(-1))
-            texts = expand_placeholders(texts, self.audio_token, [self.audio_token * int(n) for n in counts])
-        out = self.tokenizer(texts, padding_side=padding_side, add_special_tokens=add_special_tokens)
-        return out | audio_inputs
+        return self._tokenize(
+            texts, clips, self.audio_token, padding_side=padding_side, add_special_tokens=add_special_tokens
+        )
