@@ -93,7 +93,7 @@ def _settings(
 
 def _prompt_seen(config, sampling, inputs, prompt_ids) -> jax.Array | None:
     """b vocab mask of prompt tokens for the repetition penalty (None when the penalty is off): `prompt_ids`
-    when given (embedding inputs), else `inputs` when they are ids (b t); padding ids count, as in transformers."""
+    when given (embedding inputs), else `inputs` when they are ids (b t). Padding ids count, as in HF."""
     if sampling.repetition_penalty == 1.0:
         return None
     ids = jnp.asarray(inputs if prompt_ids is None else prompt_ids)
