@@ -144,3 +144,17 @@ def test_repetition_penalty_sees_prompt_ids_with_embedding_inputs():
     np.testing.assert_array_equal(np.asarray(with_ids), np.asarray(with_embeds))
     blind = generate(params, config, embeds, attention_mask=mask, max_new_tokens=8, sampling=sampling)
     assert not np.array_equal(np.asarray(with_ids), np.asarray(blind))
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "qwen3_moe"])
+def test_unstacked_layers_give_the_same_tokens(kind):
+    """`decoder.unstack_layers` (unrolled layers, the CPU decode layout) changes nothing but speed."""
+    config, params = decoder.from_torch(tiny(kind))
+    ids, mask = prompts()
+    ids, mask = ids.numpy(), mask.numpy()
+    stacked = generate(params, config, ids, attention_mask=mask, max_new_tokens=6)
+    unrolled = generate(decoder.unstack_layers(params), config, ids, attention_mask=mask, max_new_tokens=6)
+    np.testing.assert_array_equal(np.asarray(stacked), np.asarray(unrolled))
+    full, _ = decoder.forward(params, config, jnp.asarray(ids))
+    flat, _ = decoder.forward(decoder.unstack_layers(params), config, jnp.asarray(ids))
+    np.testing.assert_allclose(np.asarray(full.logits), np.asarray(flat.logits), atol=1e-5)

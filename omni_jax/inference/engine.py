@@ -11,6 +11,8 @@ prompt position + 1 (the MRoPE delta is carried in `cache.next_pos`). `layer_inp
 after layers 0..n-1 (deepstack). `hidden_layers` picks hidden states to return (transformers numbering:
 0 the embeddings, i the output of layer i-1, num_layers the final-normed output); none cost anything unless
 asked for. Under `omni_jax.sharding.use_mesh` activations, logits and the cache are sharded by the rules.
+On CPU, `decoder.unstack_layers(params)` unrolls the layers instead of scanning a stack (faster decode:
+XLA:CPU copies each scanned layer's weight slices).
 """
 
 from __future__ import annotations

@@ -104,7 +104,7 @@ def _prompt_seen(config, sampling, inputs, prompt_ids) -> jax.Array | None:
 
 
 def _dtype(params: dict):
-    return params["layers"]["attn"]["k"]["kernel"].dtype
+    return jax.tree.leaves(params["layers"])[0].dtype
 
 
 def _select(logits, key, i, seen, done, sampling, eos, pad):

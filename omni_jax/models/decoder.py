@@ -246,6 +246,18 @@ def hf_state_to_params(state: dict, config: Config, prefix: str = "", dtype: Any
 # ---------------------------------------------------------------- forward
 
 
+def unstack_layers(params: dict) -> dict:
+    """The same parameters with the layer stacks (`layers`, `mlp`, `moe`) as tuples of per-layer trees.
+    `forward` then unrolls the layers instead of scanning; on CPU this avoids XLA copying each layer's slice
+    of the stacked weights before its matmuls (decode reads every weight once per step)."""
+
+    def split(tree):
+        n = jax.tree.leaves(tree)[0].shape[0]
+        return tuple(jax.tree.map(lambda a, i=i: a[i], tree) for i in range(n))
+
+    return {k: split(v) if k in ("layers", "mlp", "moe") else v for k, v in params.items()}
+
+
 class Output(NamedTuple):
     logits: jax.Array | None  # b t vocab ("all"), b vocab ("last"), None ("none")
     hidden: jax.Array  # b t d, final-normed
@@ -293,6 +305,8 @@ def _ffn(params: dict, config: Config, x: jax.Array, sparse: jax.Array, index: j
     """The MoE or dense MLP at `index` of its kind's stack (a cond when both kinds exist)."""
 
     def pick(tree):
+        if isinstance(tree, tuple):  # unstacked layout: `index` is a Python int
+            return tree[index]
         return jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, index, keepdims=False), tree)
 
     def run_moe(x):
@@ -309,6 +323,8 @@ def _ffn(params: dict, config: Config, x: jax.Array, sparse: jax.Array, index: j
         return run_moe(x)
     if not config.moe_layers:
         return run_mlp(x)
+    if isinstance(sparse, bool):
+        return run_moe(x) if sparse else run_mlp(x)
     return jax.lax.cond(sparse, run_moe, run_mlp, x)
 
 
@@ -349,9 +365,8 @@ def forward(
     )
 
     sparse = jnp.asarray(c.sparse_layers)
-    kind_index = jnp.asarray(
-        [(c.moe_layers if s else c.dense_layers).index(i) for i, s in enumerate(c.sparse_layers)]
-    )
+    kind = [(c.moe_layers if s else c.dense_layers).index(i) for i, s in enumerate(c.sparse_layers)]
+    kind_index = jnp.asarray(kind)
     mid = tuple(i for i in hidden_layers if 0 < i < c.num_layers)
 
     def body(carry, xs):
@@ -377,9 +392,15 @@ def forward(
         return (constrain(x, ACT_AXES), kv, picked), None
 
     kv0 = None if cache is None else (cache.k, cache.v)
-    xs = (params["layers"], jnp.arange(c.num_layers), sparse, kind_index)
     x0 = x
-    (x, kv, picked), _ = jax.lax.scan(body, (x, kv0, tuple(x0 for _ in mid)), xs)
+    carry = (x, kv0, tuple(x0 for _ in mid))
+    if isinstance(params["layers"], tuple):  # unstacked: one traced copy per layer, no weight slicing
+        for l, p in enumerate(params["layers"]):
+            carry, _ = body(carry, (p, l, c.sparse_layers[l], kind[l]))
+    else:
+        xs = (params["layers"], jnp.arange(c.num_layers), sparse, kind_index)
+        carry, _ = jax.lax.scan(body, carry, xs)
+    x, kv, picked = carry
     hidden = rms_norm(params["norm"], x, c.rms_norm_eps)
     states = {0: x0, c.num_layers: hidden, **dict(zip(mid, picked, strict=True))}
     out_logits = None
