@@ -158,3 +158,38 @@ def test_unstacked_layers_give_the_same_tokens(kind):
     full, _ = decoder.forward(params, config, jnp.asarray(ids))
     flat, _ = decoder.forward(decoder.unstack_layers(params), config, jnp.asarray(ids))
     np.testing.assert_allclose(np.asarray(full.logits), np.asarray(flat.logits), atol=1e-5)
+
+
+def test_repetition_penalty_ignores_bucket_padding(monkeypatch):
+    """Prompts are left-padded to a power-of-two bucket with id 0: the penalty sees only the caller's ids."""
+    from omni_jax.inference import generate as gen
+    from omni_jax.inference.sampling import Sampling
+
+    config, params = decoder.from_torch(tiny("qwen2"))
+    ids, mask = prompts()  # 12 tokens: bucket 16
+    ids, mask = np.maximum(ids.numpy(), 1), mask.numpy()
+    captured = {}
+    real = gen._generate
+
+    def spy(*args, **kwargs):
+        captured["seen"] = args[5]
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gen, "_generate", spy)
+    generate(
+        params, config, ids, attention_mask=mask, max_new_tokens=2, sampling=Sampling(repetition_penalty=1.5)
+    )
+    seen = np.asarray(captured["seen"])
+    assert not seen[:, 0].any()
+    np.testing.assert_array_equal(seen[np.arange(3)[:, None], ids], True)
+
+
+def test_right_padding_is_rejected_and_embedding_dtype_follows_params():
+    config, params = decoder.from_torch(tiny("qwen2"))
+    ids, mask = prompts()
+    right = np.flip(mask.numpy(), axis=1).copy()
+    with pytest.raises(ValueError, match="left padding"):
+        parity.compare(tiny("qwen2"), ids, attention_mask=torch.from_numpy(right))
+    embeds = decoder.embed(params, config, jnp.asarray(ids.numpy())).astype(jnp.bfloat16)
+    out, _ = decoder.forward(params, config, embeds)
+    assert out.logits.dtype == jnp.float32

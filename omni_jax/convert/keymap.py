@@ -107,6 +107,13 @@ class Rule:
         return names
 
 
+def linear_rules(hf: str, ours: str, *, bias: bool = True) -> list[Rule]:
+    """An nn.Linear at `hf` <-> {kernel, bias} at `ours`."""
+    return [Rule(f"{hf}.weight", f"{ours}/kernel", LINEAR)] + (
+        [Rule(f"{hf}.bias", f"{ours}/bias")] if bias else []
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class Target:
     """Where one HF tensor lands: a JAX path, indices into its stacked axes, the transform and the chunk."""

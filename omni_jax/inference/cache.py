@@ -8,9 +8,11 @@ each step. K is stored after q/k-norm and RoPE. `next_pos` is each row's RoPE po
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # logical axes of the cache arrays, for omni_jax.sharding
 CACHE_AXES = ("layers", "batch", "cache_length", "kv_heads", "head_dim")
@@ -42,3 +44,15 @@ def init_cache(config, batch: int, length: int, dtype=jnp.float32) -> KVCache:
         index=jnp.zeros((), jnp.int32),
         next_pos=jnp.zeros((batch,), jnp.float32),
     )
+
+
+def left_pad_start(attention_mask: Any, shape: tuple[int, int]) -> np.ndarray:
+    """First valid slot of each row of a left-padded mask (b t), checked: zeros then ones. -> (b,) int32."""
+    if attention_mask is None:
+        return np.zeros(shape[0], np.int32)
+    mask = np.asarray(attention_mask).astype(bool)
+    if mask.shape != tuple(shape):
+        raise ValueError(f"attention_mask shape {mask.shape} != inputs {tuple(shape)}")
+    if (np.diff(mask.astype(np.int8), axis=1) < 0).any() or not mask[:, -1].all():
+        raise ValueError("attention_mask must be left padding: zeros then ones, last column all ones")
+    return (shape[1] - mask.sum(1)).astype(np.int32)

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from omni_jax import sharding
-from omni_jax.inference.cache import CACHE_AXES, KVCache
+from omni_jax.inference.cache import CACHE_AXES, KVCache, left_pad_start
 from omni_jax.models.decoder import Config, forward
 
 MIN_BUCKET = 8
@@ -59,11 +59,7 @@ def prepare(
     b, t = inputs.shape[:2]
     if t > length:
         raise ValueError(f"prompt of {t} tokens does not fit a cache of {length} slots")
-    mask = np.ones((b, t), bool) if attention_mask is None else np.asarray(attention_mask).astype(bool)
-    if mask.shape != (b, t):
-        raise ValueError(f"attention_mask shape {mask.shape} != inputs {(b, t)}")
-    if (np.diff(mask.astype(np.int8), axis=1) < 0).any() or not mask[:, -1].all():
-        raise ValueError("attention_mask must be left padding: zeros then ones, last column all ones")
+    first = left_pad_start(attention_mask, (b, t))
     if positions is not None and np.shape(positions)[-2:] != (b, t):
         raise ValueError(f"positions shape {np.shape(positions)} does not end with {(b, t)}")
     if layer_inputs is not None and np.shape(layer_inputs)[1:] != (b, t, config.hidden_size):
@@ -77,7 +73,7 @@ def prepare(
         widths[axis] = (pad, 0)
         return jnp.pad(x, widths)
 
-    start = jnp.asarray(pad + t - mask.sum(1), jnp.int32)
+    start = jnp.asarray(pad + first, jnp.int32)
     positions = None if positions is None else left(jnp.asarray(positions, jnp.float32), -1)
     layer_inputs = None if layer_inputs is None else left(jnp.asarray(layer_inputs), 2)
     return left(inputs, 1), start, positions, layer_inputs

@@ -33,10 +33,10 @@ def generate(
     """New tokens b max_new_tokens (pad after a row's EOS). `prompt_ids` (b t) are what the repetition penalty
     sees for the prompt (default: `inputs` when they are ids)."""
     eos, pad, length = _settings(config, inputs, max_new_tokens, eos_ids, pad_id, cache_length)
+    seen = _prompt_seen(config, sampling, inputs, prompt_ids)  # before bucket padding adds id 0
     inputs, start, positions, layer_inputs = prepare(
         config, inputs, attention_mask, positions, layer_inputs, length - max_new_tokens
     )
-    seen = _prompt_seen(config, sampling, inputs, prompt_ids)
     return _generate(
         params, inputs, start, positions, layer_inputs, seen, jax.random.PRNGKey(seed),
         config=config, max_new=max_new_tokens, sampling=sampling, eos=eos, pad=pad, length=length,

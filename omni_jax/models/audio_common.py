@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omni_jax.convert.keymap import LINEAR, Rule
+from omni_jax.convert.keymap import LINEAR, Rule, linear_rules  # noqa: F401 (re-exported)
 from omni_jax.nn.attention import blocked_attention
 from omni_jax.nn.layers import activation, layer_norm, layer_norm_spec, linear, linear_spec
 from omni_jax.nn.params import stacked
@@ -82,12 +82,6 @@ def layer_rules(prefix: str, *, k_bias: bool) -> list[Rule]:
 
 def norm_rules(hf: str, ours: str) -> list[Rule]:
     return [Rule(f"{hf}.weight", f"{ours}/scale"), Rule(f"{hf}.bias", f"{ours}/bias")]
-
-
-def linear_rules(hf: str, ours: str, *, bias: bool = True) -> list[Rule]:
-    return [Rule(f"{hf}.weight", f"{ours}/kernel", LINEAR)] + (
-        [Rule(f"{hf}.bias", f"{ours}/bias")] if bias else []
-    )
 
 
 def masked_attend(key_mask: jax.Array | None) -> Attend:

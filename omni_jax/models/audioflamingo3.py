@@ -23,6 +23,7 @@ import numpy as np
 
 from omni_jax.convert.keymap import Rule, hf_to_params
 from omni_jax.inference import generate as engine
+from omni_jax.inference.cache import left_pad_start
 from omni_jax.inference.sampling import GREEDY, Sampling
 from omni_jax.models import decoder, projector, whisper_encoder
 from omni_jax.models.audio_common import hf_get
@@ -175,7 +176,7 @@ def _decoder_inputs(params: dict, config: Config, inputs: dict) -> tuple[jax.Arr
 def logits(params: dict, config: Config, inputs: dict) -> jax.Array:
     """Prefill logits b s vocab of a processor output (input_ids, attention_mask, input_features, ...)."""
     embeds, mask = _decoder_inputs(params, config, inputs)
-    start = None if mask is None else jnp.asarray(mask.shape[1] - np.asarray(mask).sum(1), jnp.int32)
+    start = None if mask is None else jnp.asarray(left_pad_start(mask, np.shape(mask)))
     return _logits(params, config, embeds, start)
 
 

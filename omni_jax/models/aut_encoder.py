@@ -66,7 +66,6 @@ class AuTConfig:
     conv_channels: int  # downsample_hidden_size
     output_dim: int
     window_chunks: int  # n_window_infer // 100: conv chunks per attention window
-    max_source_positions: int
     activation: str = "gelu"
 
     @property
@@ -102,7 +101,6 @@ class AuTConfig:
             conv_channels=hf_get(cfg, "downsample_hidden_size"),
             output_dim=hf_get(cfg, "output_dim"),
             window_chunks=n_window_infer // CHUNK,
-            max_source_positions=hf_get(cfg, "max_source_positions"),
             activation=hf_get(cfg, "activation_function", default="gelu"),
         )
 

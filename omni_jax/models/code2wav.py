@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omni_jax.convert.keymap import CONV1D, CONV_TRANSPOSE1D, LINEAR, Rule, hf_to_params
+from omni_jax.convert.keymap import CONV1D, CONV_TRANSPOSE1D, Rule, hf_to_params, linear_rules
 from omni_jax.nn.attention import attention
 from omni_jax.nn.layers import (
     activation,
@@ -41,6 +41,7 @@ from omni_jax.nn.layers import (
     snake_beta,
     snake_beta_spec,
 )
+from omni_jax.nn.moe import gated_mlp, gated_mlp_spec
 from omni_jax.nn.params import ParamSpec, stacked
 from omni_jax.nn.rope import apply_rope, rope_angles, rope_cos_sin, rope_inv_freq
 from omni_jax.parity import ParityCase
@@ -140,14 +141,12 @@ def param_specs(config: Config) -> dict:
     bias = config.attention_bias
     attn = {n: linear_spec(d, h * hd, bias=bias, axes=("embed", "heads")) for n, h in _qkv_heads(config)}
     attn["o"] = linear_spec(config.num_heads * hd, d, bias=bias, axes=("heads", "embed"))
-    mlp = {n: linear_spec(d, config.intermediate_size, bias=False) for n in ("gate", "up")}
-    mlp["down"] = linear_spec(config.intermediate_size, d, bias=False, axes=("mlp", "embed"))
     layer = {
         "input_norm": rms_norm_spec(d),
         "attn": attn,
         "attn_scale": _vector(d, config.layer_scale_initial_scale),
         "post_norm": rms_norm_spec(d),
-        "mlp": mlp,
+        "mlp": gated_mlp_spec(d, config.intermediate_size),
         "mlp_scale": _vector(d, config.layer_scale_initial_scale),
     }
     upsample = {
@@ -212,19 +211,19 @@ def hf_rules(config: Config, prefix: str = "") -> list[Rule]:
         Rule(layer + "mlp_layer_scale.scale", "pre_transformer/layers/mlp_scale"),
     ]
     for n in ("q", "k", "v", "o"):
-        rules += _linear_rules(
-            f"{layer}self_attn.{n}_proj", f"pre_transformer/layers/attn/{n}", config.attention_bias
+        rules += linear_rules(
+            f"{layer}self_attn.{n}_proj", f"pre_transformer/layers/attn/{n}", bias=config.attention_bias
         )
     for n in ("gate", "up", "down"):
-        rules += _linear_rules(f"{layer}mlp.{n}_proj", f"pre_transformer/layers/mlp/{n}", False)
+        rules += linear_rules(f"{layer}mlp.{n}_proj", f"pre_transformer/layers/mlp/{n}", bias=False)
     up, upj = f"{prefix}upsample.{{s}}.", "upsample/{s}/"
     rules += [
         *_conv_rules(up + "0.conv", upj + "tconv", CONV_TRANSPOSE1D),
         *_conv_rules(up + "1.dwconv.conv", upj + "dwconv", CONV1D),
         Rule(up + "1.norm.weight", upj + "norm/scale"),
         Rule(up + "1.norm.bias", upj + "norm/bias"),
-        *_linear_rules(up + "1.pwconv1", upj + "pwconv1", True),
-        *_linear_rules(up + "1.pwconv2", upj + "pwconv2", True),
+        *linear_rules(up + "1.pwconv1", upj + "pwconv1", bias=True),
+        *linear_rules(up + "1.pwconv2", upj + "pwconv2", bias=True),
         Rule(up + "1.gamma", upj + "gamma"),
     ]
     dec, n_blocks = f"{prefix}decoder.", len(config.upsample_rates)
@@ -241,11 +240,6 @@ def hf_rules(config: Config, prefix: str = "") -> list[Rule]:
     rules += _snake_rules(f"{dec}{n_blocks + 1}", "decoder/out_snake")
     rules += _conv_rules(f"{dec}{n_blocks + 2}.conv", "decoder/out_conv", CONV1D)
     return rules
-
-
-def _linear_rules(hf: str, jax_path: str, bias: bool) -> list[Rule]:
-    weight = [Rule(f"{hf}.weight", f"{jax_path}/kernel", LINEAR)]
-    return weight + [Rule(f"{hf}.bias", f"{jax_path}/bias")] if bias else weight
 
 
 def _conv_rules(hf: str, jax_path: str, transform) -> list[Rule]:
@@ -337,8 +331,7 @@ def _layer(p, config, x, k_cache, v_cache, rope, mask):  # x: b m d; caches: b w
     a = attention(q, keys, values, mask=mask, scale=config.head_dim**-0.5).reshape(b, m, -1)
     x = x + p["attn_scale"] * linear(p["attn"]["o"], a)
     h = rms_norm(p["post_norm"], x, config.rms_norm_eps)
-    mlp = p["mlp"]
-    h = linear(mlp["down"], activation(config.hidden_act)(linear(mlp["gate"], h)) * linear(mlp["up"], h))
+    h = gated_mlp(p["mlp"], h, config.hidden_act)
     keep = keys.shape[1] - k_cache.shape[1]
     return x + p["mlp_scale"] * h, keys[:, keep:], values[:, keep:]
 

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from omni_jax.convert.keymap import EXPERTS, LINEAR, Rule, hf_to_params
-from omni_jax.inference.cache import KVCache
+from omni_jax.inference.cache import KVCache, left_pad_start
 from omni_jax.nn.attention import attention
 from omni_jax.nn.layers import linear, linear_spec, rms_norm, rms_norm_spec
 from omni_jax.nn.moe import MOE_IMPLS, gated_mlp, gated_mlp_spec, moe, moe_spec
@@ -351,6 +351,7 @@ def forward(
     if bad := [i for i in hidden_layers if not 0 <= i <= c.num_layers]:
         raise ValueError(f"hidden_layers {bad} out of range 0..{c.num_layers}")
     x = embed(params, c, inputs) if jnp.issubdtype(inputs.dtype, jnp.integer) else inputs
+    x = x.astype(params["norm"]["scale"].dtype)  # the activation dtype is the parameters'
     x = constrain(x, ACT_AXES)
     b, t, _ = x.shape
     index = jnp.zeros((), jnp.int32) if cache is None else cache.index
@@ -432,9 +433,7 @@ def _causal_lm_case(module, input_ids, attention_mask=None, position_ids=None):
     with torch.no_grad():
         ref = module(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
     ids = jnp.asarray(input_ids.numpy())
-    start = None
-    if attention_mask is not None:
-        start = jnp.asarray((attention_mask.shape[1] - attention_mask.sum(1)).numpy(), jnp.int32)
+    start = None if attention_mask is None else jnp.asarray(left_pad_start(attention_mask.numpy(), ids.shape))
     positions = None if position_ids is None else jnp.asarray(position_ids.numpy(), jnp.float32)
     out, _ = forward(params, config, ids, positions=positions, start=start)
     return masked_rows(ref.numpy(), np.asarray(out.logits), attention_mask)
@@ -453,9 +452,11 @@ def _thinker_text_case(module, input_ids=None, position_ids=None, attention_mask
             attention_mask=attention_mask,
         ).last_hidden_state
     inputs = jnp.asarray((input_ids if inputs_embeds is None else inputs_embeds).numpy())
-    start = None
-    if attention_mask is not None:
-        start = jnp.asarray((attention_mask.shape[1] - attention_mask.sum(1)).numpy(), jnp.int32)
+    start = (
+        None
+        if attention_mask is None
+        else jnp.asarray(left_pad_start(attention_mask.numpy(), inputs.shape[:2]))
+    )
     positions = None if position_ids is None else jnp.asarray(position_ids.numpy(), jnp.float32)
     if positions is not None and positions.ndim == 3 and positions.shape[0] == 4:
         positions = positions[1:]  # row 0 is transformers' text positions (mask bookkeeping only)

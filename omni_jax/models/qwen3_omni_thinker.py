@@ -24,7 +24,7 @@ import numpy as np
 
 from omni_jax.inference import engine
 from omni_jax.inference import generate as loop
-from omni_jax.inference.cache import KVCache
+from omni_jax.inference.cache import KVCache, left_pad_start
 from omni_jax.inference.sampling import GREEDY, Sampling
 from omni_jax.models import aut_encoder, decoder
 from omni_jax.models.thinker_positions import PositionConfig, rope_index
@@ -148,7 +148,6 @@ class Prompt(NamedTuple):
     embeds: jax.Array  # b t d, audio fused
     attention_mask: np.ndarray  # b t bool
     positions: np.ndarray  # 3 b t float32
-    deltas: np.ndarray  # b float32: decoding continues at valid length + delta
     input_ids: np.ndarray  # b t
 
 
@@ -167,13 +166,13 @@ def _fuse(params: dict, text: decoder.Config, ids, audio, valid, audio_token_id:
 def prepare_prompt(params: dict, config: ThinkerConfig, inputs: dict) -> Prompt:
     """Processor outputs -> fused embeddings and MRoPE positions (checked first)."""
     ids, mask, features, lengths = check_inputs(config, inputs)
-    positions, deltas = rope_index(config.tokens, ids, mask, audio_lengths=lengths)
+    positions, _ = rope_index(config.tokens, ids, mask, audio_lengths=lengths)  # decode goes on from the last
     if features is None:
         embeds = decoder.embed(params["thinker"], config.text, jnp.asarray(ids))
     else:
         audio, valid = aut_encoder.encode(params["audio_encoder"], config.audio, features, lengths)
         embeds = _fuse(params["thinker"], config.text, ids, audio, valid, config.tokens.audio_token_id)
-    return Prompt(embeds, mask, positions, deltas, ids)
+    return Prompt(embeds, mask, positions, ids)
 
 
 # ---------------------------------------------------------------- running
@@ -244,7 +243,7 @@ def _forward(params, text, embeds, positions, start, hidden_layers):
 def forward(params: dict, config: ThinkerConfig, inputs: dict, *, hidden_layers: tuple[int, ...] = ()):
     """Whole-prompt forward without a cache (left padding): decoder.Output with logits b t vocab."""
     p = prepare_prompt(params, config, inputs)
-    start = jnp.asarray(p.attention_mask.shape[1] - p.attention_mask.sum(1), jnp.int32)
+    start = jnp.asarray(left_pad_start(p.attention_mask, np.shape(p.attention_mask)))
     return _forward(
         params["thinker"], config.text, p.embeds, jnp.asarray(p.positions), start, tuple(hidden_layers)
     )

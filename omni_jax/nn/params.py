@@ -107,9 +107,3 @@ def set_path(tree: dict, path: str, value: Any) -> None:
     for p in parents:
         tree = tree.setdefault(p, {})
     tree[last] = value
-
-
-def get_path(tree: dict, path: str) -> Any:
-    for p in path.split("/"):
-        tree = tree[p]
-    return tree
