@@ -72,6 +72,15 @@ def parity_case(torch_module: Any) -> ParityCase:
     return module.PARITY[name]
 
 
+def numpy_inputs(inputs: dict) -> dict[str, np.ndarray]:
+    """Model inputs given as CPU torch tensors (or numpy arrays) -> numpy; None entries dropped."""
+    return {
+        k: v if isinstance(v, np.ndarray) else v.detach().cpu().numpy()
+        for k, v in inputs.items()
+        if v is not None
+    }
+
+
 def report(name: str, reference: np.ndarray, ours: np.ndarray, atol: float) -> Report:
     reference = np.asarray(reference, np.float64)
     ours = np.asarray(ours, np.float64)

@@ -10,6 +10,7 @@ from omni_jax.audio import load_audio
 from omni_jax.convert import pipeline as convert
 from omni_jax.demo import tiny_checkpoint
 from omni_jax.models import audioflamingo3 as af3
+from omni_jax.nn.fusion import place_audio
 from omni_jax.parity import LOGITS_ATOL, compare, compare_generate
 from omni_jax.pipelines import load_pipeline
 
@@ -89,7 +90,7 @@ def test_placement_follows_windows_and_rows(tiny):
     expected = torch.from_numpy(text).masked_scatter(
         torch.from_numpy(is_audio)[..., None].expand(2, 5, 3), torch.from_numpy(audio[valid])
     )
-    ours = af3.place_audio(text, is_audio, audio, valid)
+    ours = place_audio(text, is_audio, audio, valid)
     np.testing.assert_array_equal(np.asarray(ours), expected.numpy())
 
 

@@ -28,7 +28,8 @@ from omni_jax.inference.sampling import GREEDY, Sampling
 from omni_jax.models import decoder, projector, whisper_encoder
 from omni_jax.models.audio_common import hf_get
 from omni_jax.models.decoder import generation_ids, masked_rows, trim_to
-from omni_jax.parity import LOGITS_ATOL, ParityCase
+from omni_jax.nn.fusion import place_audio
+from omni_jax.parity import LOGITS_ATOL, ParityCase, numpy_inputs
 
 # 5.23 in-memory key prefixes -> hub (on-disk) prefixes
 IN_MEMORY_PREFIXES = (
@@ -120,17 +121,6 @@ def check_audio_tokens(input_ids: np.ndarray, window_tokens: np.ndarray, audio_t
             f"row(s) {bad}: the audio tokens of a row must come from whole windows of its own audio (tokens "
             f"per row {counts.tolist()}, per window {window_tokens.tolist()}): prompts and audio do not match"
         )
-
-
-def place_audio(text: jax.Array, is_audio: jax.Array, audio: jax.Array, valid: jax.Array) -> jax.Array:
-    """text: b s d; is_audio: b s; audio: w t d; valid: w t. The k-th valid frame (window-major) replaces the
-    k-th audio position (row-major). Static shapes: counts are checked by `check_audio_tokens` beforehand."""
-    b, s, d = text.shape
-    frames = audio.reshape(-1, d).astype(text.dtype)  # (w t) d
-    order = jnp.argsort(~valid.reshape(-1), stable=True)  # valid frames first, in order
-    rank = jnp.maximum(jnp.cumsum(is_audio.reshape(-1)) - 1, 0)  # (b s)
-    picked = frames[order[jnp.minimum(rank, order.shape[0] - 1)]].reshape(b, s, d)
-    return jnp.where(is_audio[..., None], picked, text)
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -236,15 +226,6 @@ def from_torch(module) -> tuple[Config, dict]:
     return config, jax.tree.map(jnp.asarray, hf_to_params(state, hf_rules(config), param_specs(config)))
 
 
-def torch_inputs(inputs: dict) -> dict[str, np.ndarray]:
-    """Torch tensors (or numpy arrays) of a processor output -> numpy."""
-    return {
-        k: v if isinstance(v, np.ndarray) else v.detach().cpu().numpy()
-        for k, v in inputs.items()
-        if v is not None
-    }
-
-
 def _logits_case(module, input_ids, input_features=None, input_features_mask=None, attention_mask=None):
     import torch
 
@@ -253,7 +234,7 @@ def _logits_case(module, input_ids, input_features=None, input_features_mask=Non
                   attention_mask=attention_mask)  # fmt: skip
     with torch.no_grad():
         reference = module(**inputs).logits.float().numpy()
-    inputs = torch_inputs(inputs)
+    inputs = numpy_inputs(inputs)
     return masked_rows(reference, np.asarray(logits(params, config, inputs)), inputs.get("attention_mask"))
 
 
@@ -267,7 +248,7 @@ def _generate_case(
                   input_features_mask=input_features_mask)  # fmt: skip
     reference = decoder.reference_generate(module, inputs, max_new_tokens, eos, pad)
     ours = generate(
-        params, config, torch_inputs(inputs), max_new_tokens=max_new_tokens, eos_ids=eos, pad_id=pad
+        params, config, numpy_inputs(inputs), max_new_tokens=max_new_tokens, eos_ids=eos, pad_id=pad
     )
     return reference, trim_to(reference, ours, pad)
 

@@ -28,7 +28,8 @@ from omni_jax.inference.cache import KVCache, left_pad_start
 from omni_jax.inference.sampling import GREEDY, Sampling
 from omni_jax.models import aut_encoder, decoder
 from omni_jax.models.thinker_positions import PositionConfig, rope_index
-from omni_jax.parity import LOGITS_ATOL, ParityCase
+from omni_jax.nn.fusion import place_audio
+from omni_jax.parity import LOGITS_ATOL, ParityCase, numpy_inputs
 
 INPUTS = ("input_ids", "attention_mask", "input_features", "feature_attention_mask")
 VISION_INPUTS = (
@@ -155,12 +156,7 @@ class Prompt(NamedTuple):
 def _fuse(params: dict, text: decoder.Config, ids, audio, valid, audio_token_id: int) -> jax.Array:
     """Token embeddings with the m-th valid audio token (audio order) at the m-th placeholder (row-major).
     ids b t; audio n k d; valid n k. -> b t d."""
-    x = decoder.embed(params, text, ids)
-    order = jnp.nonzero(valid.ravel(), size=valid.size)[0]  # valid tokens first, in order
-    tokens = audio.reshape(-1, audio.shape[-1])[order].astype(x.dtype)
-    mask = ids == audio_token_id
-    slot = jnp.clip(jnp.cumsum(mask.ravel()) - 1, 0, valid.size - 1).reshape(mask.shape)
-    return jnp.where(mask[..., None], tokens[slot], x)
+    return place_audio(decoder.embed(params, text, ids), ids == audio_token_id, audio, valid)
 
 
 def prepare_prompt(params: dict, config: ThinkerConfig, inputs: dict) -> Prompt:
@@ -277,19 +273,15 @@ def from_torch(module: Any) -> tuple[ThinkerConfig, dict]:
     return config, jax.tree.map(jnp.asarray, params)
 
 
-def _numpy_inputs(**tensors) -> dict:
-    return {k: v.numpy() for k, v in tensors.items() if v is not None}
-
-
 def _logits_case(module, input_ids, attention_mask=None, input_features=None, feature_attention_mask=None):
     """Logits of every valid position (padded query rows zeroed on both sides)."""
     import torch
 
     config, params = from_torch(module)
-    inputs = _numpy_inputs(
+    inputs = numpy_inputs(dict(
         input_ids=input_ids, attention_mask=attention_mask, input_features=input_features,
         feature_attention_mask=feature_attention_mask,
-    )  # fmt: skip
+    ))  # fmt: skip
     with torch.no_grad():
         ref = module(**{k: torch.as_tensor(v) for k, v in inputs.items()}).logits.float().numpy()
     ours = np.asarray(forward(params, config, inputs).logits)
@@ -303,7 +295,7 @@ def _generate_case(module, input_ids, attention_mask, max_new_tokens, **audio):
     given = dict(input_ids=input_ids, attention_mask=attention_mask, **audio)
     ref = decoder.reference_generate(module, given, max_new_tokens, eos, pad)
     ours = generate(
-        params, config, _numpy_inputs(**given), max_new_tokens=max_new_tokens, eos_ids=eos, pad_id=pad
+        params, config, numpy_inputs(given), max_new_tokens=max_new_tokens, eos_ids=eos, pad_id=pad
     )
     return ref, decoder.trim_to(ref, ours, pad)
 

@@ -20,7 +20,7 @@ import numpy as np
 from omni_jax.audio.features import SAMPLING_RATE
 from omni_jax.models import audioflamingo3 as af3
 from omni_jax.models import projector, whisper_encoder
-from omni_jax.parity import LOGITS_ATOL, MODULE_ATOL, Report, report
+from omni_jax.parity import LOGITS_ATOL, MODULE_ATOL, Report, numpy_inputs, report
 from omni_jax.pipelines import exact_report
 from omni_jax.pipelines.base import BasePipeline, load_checkpoint
 from omni_jax.processing import AudioFlamingo3Processor
@@ -95,7 +95,7 @@ def parity_stages(hf_dir, audios, prompts=None, *, max_new_tokens: int = 24) -> 
     model = transformers.AudioFlamingo3ForConditionalGeneration.from_pretrained(hf_dir, dtype=torch.float32)
     pipe = load(hf_dir, dtype="float32")
     batch = processor.apply_transcription_request([np.asarray(a, np.float32) for a in audios], prompt=prompts)
-    ref, ours = af3.torch_inputs(dict(batch)), pipe.prepare(audios, prompts)
+    ref, ours = numpy_inputs(dict(batch)), pipe.prepare(audios, prompts)
     same = all(k in ours and np.array_equal(ours[k], ref[k]) for k in ref if k != "input_features")
     out = _reference(
         model.eval(), batch, max_new_tokens=max_new_tokens, eos_ids=pipe.eos_ids, pad_id=pipe.pad_id

@@ -20,6 +20,7 @@ import numpy as np
 from omni_jax.inference.sampling import GREEDY, Sampling
 from omni_jax.models import aut_encoder
 from omni_jax.models import qwen3_omni_thinker as thinker
+from omni_jax.models.decoder import masked_rows
 from omni_jax.models.thinker_positions import rope_index
 from omni_jax.parity import LOGITS_ATOL, MODULE_ATOL, Report, report
 from omni_jax.pipelines import exact_report
@@ -109,11 +110,6 @@ def reference_processor(hf_dir):
         )
 
 
-def _valid(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Zero the left-padding positions of b t d values; they are unused on both sides."""
-    return np.where(mask.astype(bool)[..., None], values, 0)
-
-
 def parity_stages(hf_dir, audios, prompts=None, *, max_new_tokens: int = 24) -> list[Report]:
     """Per-stage comparison with transformers' Qwen3OmniMoeProcessor and the thinker of
     Qwen3OmniMoeForConditionalGeneration loaded from `hf_dir` (float32): processor, features, audio encoder,
@@ -154,12 +150,12 @@ def parity_stages(hf_dir, audios, prompts=None, *, max_new_tokens: int = 24) -> 
     audio = aut_encoder.pack(*aut_encoder.encode(p["audio_encoder"], c.audio, ref["input_features"], lengths))
     reports.append(report("audio encoder (AuT)", encoded.numpy(), audio, MODULE_ATOL))
     prompt = thinker.prepare_prompt(p, c, ref)
-    embeds = _valid(out.hidden_states[0].numpy(), mask), _valid(np.asarray(prompt.embeds), mask)
+    embeds = masked_rows(out.hidden_states[0].numpy(), np.asarray(prompt.embeds), mask)
     reports.append(report("fusion (input embeddings)", *embeds, MODULE_ATOL))
     positions, _ = rope_index(c.tokens, ref["input_ids"], mask, audio_lengths=lengths)
-    positions = _valid(ref_pos.numpy().transpose(1, 2, 0), mask), _valid(positions.transpose(1, 2, 0), mask)
+    positions = masked_rows(ref_pos.numpy().transpose(1, 2, 0), positions.transpose(1, 2, 0), mask)
     reports.append(report("MRoPE positions", *positions, 0.0))
-    logits = _valid(out.logits.numpy(), mask), _valid(np.asarray(thinker.forward(p, c, ref).logits), mask)
+    logits = masked_rows(out.logits.numpy(), np.asarray(thinker.forward(p, c, ref).logits), mask)
     reports.append(report("prefill logits", *logits, LOGITS_ATOL))
     reference = new[:, ref["input_ids"].shape[1] :].numpy()
     tokens = pipe.generate(ref, max_new_tokens=max_new_tokens)
