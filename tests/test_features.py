@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from omni_jax.audio import load_audio, log_mel, log_mel_spectrogram
-from omni_jax.audio.features import mel_filters
+from omni_jax.audio.features import _unfloored_log_mel, mel_filters
 from omni_jax.demo import shipped_speech
 from omni_jax.parity import compare_features, whisper_features_reference
 
@@ -92,6 +92,22 @@ def test_jittable_under_vmap_and_grad_free():
     direct = log_mel_spectrogram(batch, num_mel_bins=80)
     via_jit = jax.jit(lambda x: log_mel_spectrogram(x, num_mel_bins=80))(batch)
     np.testing.assert_allclose(np.asarray(direct), np.asarray(via_jit))
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 500])
+def test_chunked_stft_equals_one_pass(chunk):
+    """CPU runs the STFT in pairs of chunks of frames (partial last chunk and odd counts included);
+    accelerators in one pass."""
+    import jax
+    import jax.numpy as jnp
+
+    batch = jnp.asarray(np.stack([noise(16160, seed) for seed in (3, 4, 5)]))  # odd chunk counts too
+    filters = jnp.asarray(mel_filters(80).astype(np.float32))
+    with jax.enable_x64(True):
+        whole = _unfloored_log_mel(batch, filters, jnp.float64, None)
+        chunked = _unfloored_log_mel(batch, filters, jnp.float64, chunk)
+    assert chunked.shape == whole.shape == (3, 101, 80)
+    np.testing.assert_allclose(np.asarray(chunked), np.asarray(whole), atol=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -52,14 +52,44 @@ def _hann(n_fft: int) -> np.ndarray:
     return np.hanning(n_fft + 1)[:-1].astype(np.float32)
 
 
-def _power_spectrum(waveforms: jax.Array, dtype) -> jax.Array:
-    """Centred, reflect-padded STFT power in `dtype`, last frame dropped. b l -> b (l // 160) freq."""
-    n_frames = waveforms.shape[1] // HOP_LENGTH
-    padded = jnp.pad(waveforms.astype(dtype), ((0, 0), (N_FFT // 2, N_FFT // 2)), mode="reflect")
-    starts = jnp.arange(n_frames) * HOP_LENGTH
-    frames = padded[:, starts[:, None] + jnp.arange(N_FFT)[None, :]]  # b f n_fft
-    spectrum = jnp.fft.rfft(frames * jnp.asarray(_hann(N_FFT), dtype), axis=-1)
-    return (jnp.square(spectrum.real) + jnp.square(spectrum.imag)).astype(jnp.float32)
+CHUNK_FRAMES = 500  # frames per STFT chunk on CPU: the chunk's float64 frames and spectrum stay in cache
+
+
+def _chunk_log_mel(segment: jax.Array, filters: jax.Array, frames: int, dtype) -> jax.Array:
+    """Unfloored log10 mel of the STFT frames of one padded segment.
+    segment: (frames - 1) * 160 + 400 -> frames mels."""
+    index = jnp.arange(frames)[:, None] * HOP_LENGTH + jnp.arange(N_FFT)[None, :]
+    spectrum = jnp.fft.rfft(segment.astype(dtype)[index] * jnp.asarray(_hann(N_FFT), dtype), axis=-1)
+    power = (jnp.square(spectrum.real) + jnp.square(spectrum.imag)).astype(jnp.float32)  # frames freq
+    mel = jnp.dot(power, filters, precision=jax.lax.Precision.HIGHEST)
+    return jnp.log10(jnp.maximum(mel, 1e-10))
+
+
+def _unfloored_log_mel(waveforms: jax.Array, filters: jax.Array, dtype, chunk: int | None) -> jax.Array:
+    """Centred, reflect-padded STFT -> log10 mel, last frame dropped, in chunks of `chunk` frames (None: one
+    chunk per row, vectorised). b l -> b (l // 160) mels."""
+    batch, n_frames = waveforms.shape[0], waveforms.shape[1] // HOP_LENGTH
+    vectorise = chunk is None
+    chunk = n_frames if vectorise else min(chunk, n_frames)
+    n_chunks = -(-n_frames // chunk)
+    span = (chunk - 1) * HOP_LENGTH + N_FFT
+    padded = jnp.pad(waveforms, ((0, 0), (N_FFT // 2, N_FFT // 2)), mode="reflect")
+    tail = (n_chunks - 1) * chunk * HOP_LENGTH + span - padded.shape[1]
+    padded = jnp.pad(padded, ((0, 0), (0, max(tail, 0))))  # b (n_chunks * chunk frames' samples)
+
+    def one(index):  # a chunk of one row -> chunk mels
+        index = jnp.minimum(index, batch * n_chunks - 1)  # the odd step's second lane repeats the last chunk
+        row, start = index // n_chunks, (index % n_chunks) * chunk * HOP_LENGTH
+        segment = jax.lax.dynamic_slice(padded, (row, start), (1, span))[0]
+        return _chunk_log_mel(segment, filters, chunk, dtype)
+
+    if vectorise:
+        log_mel = jax.vmap(one)(jnp.arange(batch))
+    else:  # two chunks per step: XLA:CPU's FFT is single-threaded, two independent ones run side by side
+        pairs = jnp.arange(2 * (-(-batch * n_chunks // 2))).reshape(-1, 2)
+        log_mel = jax.lax.map(lambda pair: jnp.stack([one(pair[0]), one(pair[1])]), pairs)
+    chunks = log_mel.reshape(-1, chunk, log_mel.shape[-1])[: batch * n_chunks]  # (b n_chunks) chunk mels
+    return chunks.reshape(batch, n_chunks * chunk, -1)[:, :n_frames]
 
 
 def _stft_in_float64(float64_stft: bool | None) -> bool:
@@ -73,15 +103,15 @@ def log_mel_spectrogram(
     """Log-mel of already padded waveforms. waveforms: b l float32 -> b mels (l // 160).
 
     The STFT runs in float64 (as transformers' numpy path) when `float64_stft`, by default on CPU only: in
-    float32 the FFT's rounding, relative to the frame's energy, reaches ~5e-5 in quiet bins of speech."""
+    float32 the FFT's rounding, relative to the frame's energy, reaches ~5e-5 in quiet bins of speech. On CPU
+    the frames go through in chunks of CHUNK_FRAMES (cache-sized buffers); elsewhere all at once."""
+    filters = jnp.asarray(mel_filters(num_mel_bins).astype(np.float32))
+    chunk = CHUNK_FRAMES if jax.default_backend() == "cpu" else None
     if _stft_in_float64(float64_stft):
         with jax.enable_x64(True):
-            power = _power_spectrum(waveforms, jnp.float64)
+            log_spec = _unfloored_log_mel(waveforms, filters, jnp.float64, chunk)
     else:
-        power = _power_spectrum(waveforms, jnp.float32)
-    filters = jnp.asarray(mel_filters(num_mel_bins).astype(np.float32))
-    mel = jnp.einsum("bfk,km->bfm", power, filters, precision=jax.lax.Precision.HIGHEST)
-    log_spec = jnp.log10(jnp.maximum(mel, 1e-10))
+        log_spec = _unfloored_log_mel(waveforms, filters, jnp.float32, chunk)
     log_spec = jnp.maximum(log_spec, log_spec.max(axis=(1, 2), keepdims=True) - 8.0)
     return jnp.swapaxes((log_spec + 4.0) / 4.0, 1, 2)
 
