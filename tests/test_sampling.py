@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from omni_jax.inference.sampling import GREEDY, Sampling, process_logits, sample
+from omni_jax.inference.sampling import GREEDY, Sampling, first_argmax, process_logits, sample
 
 torch = pytest.importorskip("torch")
 lp = pytest.importorskip("transformers.generation.logits_process")
@@ -70,6 +70,21 @@ def test_greedy_is_argmax_and_sampling_is_seeded():
     for s in range(8):
         chosen = np.asarray(sample(logits, top, jax.random.PRNGKey(s)))
         assert all(c in a for c, a in zip(chosen, allowed, strict=True))
+
+
+def test_first_argmax_equals_argmax_with_ties_infs_and_nans():
+    import torch
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, 300)).astype(np.float32)
+    logits[1, :] = 7.0  # all tied
+    logits[2, [3, 9]] = np.inf
+    logits[3, [5, 50]] = np.nan
+    logits[4, :] = -np.inf
+    logits[5, [10, 20]] = logits[5].max() + 1  # tie at the maximum
+    ours = np.asarray(first_argmax(jnp.asarray(logits)))
+    np.testing.assert_array_equal(ours, np.asarray(jnp.argmax(jnp.asarray(logits), axis=-1)))
+    np.testing.assert_array_equal(ours, torch.from_numpy(logits).argmax(-1).numpy())
 
 
 def test_invalid_settings():

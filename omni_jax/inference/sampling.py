@@ -67,5 +67,13 @@ def sample(logits: jax.Array, sampling: Sampling, key: jax.Array, seen: jax.Arra
     """Next token per row. logits: b v -> b int32."""
     logits = process_logits(logits.astype(jnp.float32), sampling, seen)
     if sampling.greedy:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        return first_argmax(logits)
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+def first_argmax(logits: jax.Array) -> jax.Array:
+    """jnp.argmax over the last axis (first maximum; first NaN if any) as two plain reductions, which XLA:CPU
+    vectorises (its fused value-index argmax is ~3x slower on a 32k vocabulary). b v -> b int32."""
+    hit = (logits == logits.max(axis=-1, keepdims=True)) | jnp.isnan(logits)
+    index = jnp.arange(logits.shape[-1], dtype=jnp.int32)
+    return jnp.min(jnp.where(hit, index, logits.shape[-1]), axis=-1)
