@@ -57,39 +57,44 @@ CHUNK_FRAMES = 500  # frames per STFT chunk on CPU: the chunk's float64 frames a
 
 def _chunk_log_mel(segment: jax.Array, filters: jax.Array, frames: int, dtype) -> jax.Array:
     """Unfloored log10 mel of the STFT frames of one padded segment.
-    segment: (frames - 1) * 160 + 400 -> frames mels."""
+    segment: (frames - 1) * 160 + 400 -> mels frames."""
     index = jnp.arange(frames)[:, None] * HOP_LENGTH + jnp.arange(N_FFT)[None, :]
     spectrum = jnp.fft.rfft(segment.astype(dtype)[index] * jnp.asarray(_hann(N_FFT), dtype), axis=-1)
     power = (jnp.square(spectrum.real) + jnp.square(spectrum.imag)).astype(jnp.float32)  # frames freq
-    mel = jnp.dot(power, filters, precision=jax.lax.Precision.HIGHEST)
+    mel = jnp.dot(filters.T, power.T, precision=jax.lax.Precision.HIGHEST)
     return jnp.log10(jnp.maximum(mel, 1e-10))
 
 
 def _unfloored_log_mel(waveforms: jax.Array, filters: jax.Array, dtype, chunk: int | None) -> jax.Array:
     """Centred, reflect-padded STFT -> log10 mel, last frame dropped, in chunks of `chunk` frames (None: one
-    chunk per row, vectorised). b l -> b (l // 160) mels."""
+    chunk per row, vectorised). b l -> b mels (l // 160)."""
     batch, n_frames = waveforms.shape[0], waveforms.shape[1] // HOP_LENGTH
     vectorise = chunk is None
     chunk = n_frames if vectorise else min(chunk, n_frames)
-    n_chunks = -(-n_frames // chunk)
+    per_row = -(-n_frames // chunk)
     span = (chunk - 1) * HOP_LENGTH + N_FFT
     padded = jnp.pad(waveforms, ((0, 0), (N_FFT // 2, N_FFT // 2)), mode="reflect")
-    tail = (n_chunks - 1) * chunk * HOP_LENGTH + span - padded.shape[1]
-    padded = jnp.pad(padded, ((0, 0), (0, max(tail, 0))))  # b (n_chunks * chunk frames' samples)
 
-    def one(index):  # a chunk of one row -> chunk mels
-        index = jnp.minimum(index, batch * n_chunks - 1)  # the odd step's second lane repeats the last chunk
-        row, start = index // n_chunks, (index % n_chunks) * chunk * HOP_LENGTH
-        segment = jax.lax.dynamic_slice(padded, (row, start), (1, span))[0]
-        return _chunk_log_mel(segment, filters, chunk, dtype)
+    def one(index):  # chunk `index` of all rows' -> (row, its first frame, mels chunk)
+        row = index // per_row
+        # a partial last chunk is shifted back to end at the last frame, overlapping its neighbour
+        first = jnp.minimum((index % per_row) * chunk, n_frames - chunk)
+        segment = jax.lax.dynamic_slice(padded, (row, first * HOP_LENGTH), (1, span))[0]
+        return row, first, _chunk_log_mel(segment, filters, chunk, dtype)
 
     if vectorise:
-        log_mel = jax.vmap(one)(jnp.arange(batch))
-    else:  # two chunks per step: XLA:CPU's FFT is single-threaded, two independent ones run side by side
-        pairs = jnp.arange(2 * (-(-batch * n_chunks // 2))).reshape(-1, 2)
-        log_mel = jax.lax.map(lambda pair: jnp.stack([one(pair[0]), one(pair[1])]), pairs)
-    chunks = log_mel.reshape(-1, chunk, log_mel.shape[-1])[: batch * n_chunks]  # (b n_chunks) chunk mels
-    return chunks.reshape(batch, n_chunks * chunk, -1)[:, :n_frames]
+        return jax.vmap(lambda row: one(row)[2])(jnp.arange(batch))
+    total = batch * per_row
+
+    def two(i, out):  # two chunks per step (an odd count repeats the last): XLA:CPU's FFT is single-threaded,
+        # two independent ones run side by side
+        for index in (2 * i, jnp.minimum(2 * i + 1, total - 1)):
+            row, first, block = one(index)
+            out = jax.lax.dynamic_update_slice(out, block[None], (row, 0, first))
+        return out
+
+    empty = jnp.zeros((batch, filters.shape[1], n_frames), jnp.float32)
+    return jax.lax.fori_loop(0, -(-total // 2), two, empty)
 
 
 def _stft_in_float64(float64_stft: bool | None) -> bool:
@@ -113,7 +118,7 @@ def log_mel_spectrogram(
     else:
         log_spec = _unfloored_log_mel(waveforms, filters, jnp.float32, chunk)
     log_spec = jnp.maximum(log_spec, log_spec.max(axis=(1, 2), keepdims=True) - 8.0)
-    return jnp.swapaxes((log_spec + 4.0) / 4.0, 1, 2)
+    return (log_spec + 4.0) / 4.0
 
 
 def _validate(
