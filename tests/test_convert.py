@@ -541,10 +541,14 @@ def omni(tmp_path_factory):
 
     torch.manual_seed(0)
     model = Qwen3OmniMoeForConditionalGeneration(Qwen3OmniMoeConfig(**OMNI, enable_audio_output=True)).eval()
-    with torch.no_grad():  # routers start at zero: every expert ties and top-k falls to tie-breaking order
+    # transformers leaves the talker's experts uninitialised (torch.empty: garbage, at times NaN) and its
+    # routers at zero (every expert ties, top-k falls to tie-breaking order): draw both, seeded
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith("mlp.gate.weight"):
-                p.normal_(0, 1, generator=torch.Generator().manual_seed(len(name)))
+            router = name.endswith("mlp.gate.weight")
+            if name.startswith("talker.") and (router or ".mlp.experts." in name):
+                p.copy_(torch.randn(p.shape, generator=g) * (1.0 if router else 0.05))
     folder = tmp_path_factory.mktemp("omni")
     return model, save_variants(model, folder)
 
