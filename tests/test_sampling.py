@@ -73,8 +73,6 @@ def test_greedy_is_argmax_and_sampling_is_seeded():
 
 
 def test_first_argmax_equals_argmax_with_ties_infs_and_nans():
-    import torch
-
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(6, 300)).astype(np.float32)
     logits[1, :] = 7.0  # all tied
