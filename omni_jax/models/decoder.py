@@ -26,9 +26,10 @@ import numpy as np
 
 from omni_jax.convert.keymap import EXPERTS, LINEAR, Rule, hf_to_params
 from omni_jax.inference.cache import KVCache, left_pad_start
-from omni_jax.nn.attention import attention
+from omni_jax.nn.attention import attention, cache_attention
 from omni_jax.nn.layers import linear, linear_spec, rms_norm, rms_norm_spec
 from omni_jax.nn.moe import MOE_IMPLS, gated_mlp, gated_mlp_spec, moe, moe_spec
+from omni_jax.nn.packed import pack
 from omni_jax.nn.params import ParamSpec, stacked
 from omni_jax.nn.rope import apply_rope, mrope_angles, rope_angles, rope_cos_sin, rope_inv_freq
 from omni_jax.parity import LOGITS_ATOL, MODULE_ATOL, ParityCase
@@ -258,6 +259,32 @@ def unstack_layers(params: dict) -> dict:
     return {k: split(v) if k in ("layers", "mlp", "moe") else v for k, v in params.items()}
 
 
+def pack_linears(params: dict, config: Config) -> dict:
+    """The same parameters with the attention, dense-MLP, shared-expert and lm_head kernels as `PackedKernel`s
+    (`nn.packed`: ~2x faster CPU decode); a tied lm_head gets a packed copy of the embedding. Stacked or
+    unstacked layers; routers and routed experts stay as they are. For float32 CPU inference."""
+
+    def pack_tree(name, tree):
+        if isinstance(tree, tuple):  # unstacked layers
+            return tuple(pack_tree(name, t) for t in tree)
+        if not isinstance(tree, dict) or name in ("embed", "router", "shared_gate"):
+            return tree
+        if "kernel" in tree:
+            return {**tree, "kernel": pack(tree["kernel"])}
+        return {k: pack_tree(k, v) for k, v in tree.items()}
+
+    packed = pack_tree("", params)
+    if config.lm_head and config.tie_word_embeddings:
+        packed["lm_head"] = {"kernel": pack(params["embed"]["embedding"].T)}
+    return packed
+
+
+def cpu_layout(params: dict, config: Config) -> dict:
+    """The parameters laid out for CPU inference: unstacked layers with packed linears (float32 decode at
+    1-8 rows: ~1.3x (b1) to ~1.7x (b8) faster than `unstack_layers` alone)."""
+    return pack_linears(unstack_layers(params), config)
+
+
 class Output(NamedTuple):
     logits: jax.Array | None  # b t vocab ("all"), b vocab ("last"), None ("none")
     hidden: jax.Array  # b t d, final-normed
@@ -271,7 +298,7 @@ def embed(params: dict, config: Config, tokens: jax.Array) -> jax.Array:
 
 def unembed(params: dict, config: Config, hidden: jax.Array) -> jax.Array:
     """Final-normed hidden ... d -> logits ... vocab (activation dtype)."""
-    if config.tie_word_embeddings:
+    if "lm_head" not in params:  # tied, unpacked
         return jnp.matmul(hidden, params["embed"]["embedding"].astype(hidden.dtype).T)
     return linear(params["lm_head"], hidden)
 
@@ -286,8 +313,8 @@ def rope_tables(config: Config, positions: jax.Array, dtype) -> tuple[jax.Array,
     return rope_cos_sin(rope_angles(positions, inv_freq), dtype)
 
 
-def _attention(p: dict, config: Config, x, cos, sin, mask, kv_write) -> tuple[jax.Array, Any]:
-    """Self-attention of x (b t d) against the keys `kv_write(k, v)` returns (the chunk, or a cache)."""
+def _attention(p: dict, config: Config, x, cos, sin, attend) -> tuple[jax.Array, Any]:
+    """Self-attention of x (b t d); `attend(q, k, v)` stores k, v where they go and attends to them."""
     b, t, _ = x.shape
     q = linear(p["q"], x).reshape(b, t, config.num_heads, config.head_dim)
     k = linear(p["k"], x).reshape(b, t, config.num_kv_heads, config.head_dim)
@@ -296,8 +323,7 @@ def _attention(p: dict, config: Config, x, cos, sin, mask, kv_write) -> tuple[ja
         q = rms_norm(p["q_norm"], q, config.rms_norm_eps)
         k = rms_norm(p["k_norm"], k, config.rms_norm_eps)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    keys, values, carry = kv_write(k, v)
-    out = attention(q, keys, values, mask=mask[:, None])
+    out, carry = attend(q, k, v)
     return linear(p["o"], out.reshape(b, t, -1)), carry
 
 
@@ -374,16 +400,16 @@ def forward(
         x, kv, picked = carry
         p, l, is_sparse, fi = xs
 
-        def kv_write(k, v):
+        def attend(q, k, v):
             if kv is None:
-                return k, v, None
+                return attention(q, k, v, mask=mask[:, None]), None
             kc = jax.lax.dynamic_update_slice(kv[0], k[None].astype(kv[0].dtype), (l, 0, index, 0, 0))
             vc = jax.lax.dynamic_update_slice(kv[1], v[None].astype(kv[1].dtype), (l, 0, index, 0, 0))
-            return kc[l].astype(k.dtype), vc[l].astype(v.dtype), (kc, vc)
+            if t == 1:  # decode: read the layer in place
+                return cache_attention(q, kc, vc, l, start, index + 1), (kc, vc)
+            return attention(q, kc[l].astype(q.dtype), vc[l].astype(q.dtype), mask=mask[:, None]), (kc, vc)
 
-        h, kv = _attention(
-            p["attn"], c, rms_norm(p["input_norm"], x, c.rms_norm_eps), cos, sin, mask, kv_write
-        )
+        h, kv = _attention(p["attn"], c, rms_norm(p["input_norm"], x, c.rms_norm_eps), cos, sin, attend)
         x = x + h
         x = x + _ffn(params, c, rms_norm(p["post_norm"], x, c.rms_norm_eps), is_sparse, fi)
         picked = tuple(jnp.where(l == i - 1, x, s) for i, s in zip(mid, picked, strict=True))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from omni_jax.nn import cpu_kernels
+
 # A finite mask value keeps fully masked rows (left padding) free of NaN.
 MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
@@ -27,6 +29,26 @@ def attention(
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
     return out.reshape(b, t, h, v.shape[-1])
+
+
+def cache_attention(q, k_cache, v_cache, layer, start, stop, scale: float | None = None) -> jax.Array:
+    """One new token per row against layer `layer` of stacked caches (L b s kh d), slots start[b] .. stop-1.
+    q: b 1 h d -> b 1 h d. On CPU in float32 a kernel reads the layer in place (no slice or transpose)."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    layer, stop = jnp.asarray(layer, jnp.int32), jnp.asarray(stop, jnp.int32)
+
+    def xla(q, k_cache, v_cache, layer, start, stop):
+        slots = jnp.arange(k_cache.shape[2])
+        mask = (slots >= start[:, None]) & (slots < stop)  # b s
+        k, v = (c[layer].astype(q.dtype) for c in (k_cache, v_cache))
+        return attention(q, k, v, mask=mask[:, None, None], scale=scale)
+
+    def kernel(q, k_cache, v_cache, layer, start, stop):
+        return cpu_kernels.decode_attention(q[:, 0], k_cache, v_cache, layer, start, stop, scale)[:, None]
+
+    if not q.dtype == k_cache.dtype == v_cache.dtype == jnp.float32:
+        return xla(q, k_cache, v_cache, layer, start, stop)
+    return cpu_kernels.on_cpu(kernel, xla, q, k_cache, v_cache, layer, start, stop)
 
 
 def windowed_attention(

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from omni_jax.nn.packed import PackedKernel, packed_matmul
 from omni_jax.nn.params import ParamSpec
 
 # ---------------------------------------------------------------- specs
@@ -47,8 +48,11 @@ def conv2d_spec(c_in: int, c_out: int, kernel: tuple[int, int], *, bias: bool = 
 
 
 def linear(p: dict, x: jax.Array, precision=None) -> jax.Array:
-    """x @ kernel (+ bias). x: ... d_in -> ... d_out."""
-    y = jnp.matmul(x, p["kernel"].astype(x.dtype), precision=precision)
+    """x @ kernel (+ bias). x: ... d_in -> ... d_out. A `PackedKernel` runs the CPU panel matmul."""
+    if isinstance(p["kernel"], PackedKernel):
+        y = packed_matmul(x, p["kernel"])
+    else:
+        y = jnp.matmul(x, p["kernel"].astype(x.dtype), precision=precision)
     if "bias" in p:
         y = y + p["bias"].astype(y.dtype)
     return y

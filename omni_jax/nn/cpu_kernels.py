@@ -1,0 +1,101 @@
+"""float32 CPU kernels for small-batch decode (`kernels/cpu.cc`), as XLA FFI custom calls built on first use.
+
+`packed_matmul` (weights as contiguous column panels, `nn.packed`) and `decode_attention` (one query token
+against a layer of the stacked KV cache, read in place). The C++ source is compiled with the host's C++
+compiler into `$OMNI_JAX_CACHE` (default `~/.cache/omni_jax`), keyed by source, compiler flags, jax version
+and CPU features. Callers fall back to plain XLA when `ready()` is False (no compiler, or
+`OMNI_JAX_CPU_KERNELS=0`) and on other backends.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SOURCE = Path(__file__).with_name("kernels") / "cpu.cc"
+TARGETS = {
+    "omni_jax_packed_matmul": "OmniJaxPackedMatmul",
+    "omni_jax_decode_attention": "OmniJaxDecodeAttention",
+}
+FLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-std=c++17", "-shared", "-fPIC", "-w")
+
+
+def on_cpu(kernel, fallback, *args):
+    """`kernel(*args)` when lowered for CPU and the kernels are built, else `fallback(*args)`."""
+    if not ready():
+        return fallback(*args)
+    return jax.lax.platform_dependent(*args, cpu=kernel, default=fallback)
+
+
+def packed_matmul(x: jax.Array, panels: jax.Array, d_out: int) -> jax.Array:
+    """x m k (float32) @ panels g k 32 -> m d_out."""
+    out = jax.ShapeDtypeStruct((x.shape[0], d_out), jnp.float32)
+    return jax.ffi.ffi_call("omni_jax_packed_matmul", out, vmap_method="sequential")(x, panels)
+
+
+def decode_attention(q, k_cache, v_cache, layer, start, stop, scale: float) -> jax.Array:
+    """q b h d against slots [start[b], stop) of layer `layer` of caches L b s kh d (float32) -> b h d."""
+    out = jax.ShapeDtypeStruct(q.shape, jnp.float32)
+    call = jax.ffi.ffi_call("omni_jax_decode_attention", out, vmap_method="sequential")
+    ints = [jnp.asarray(a, jnp.int32) for a in (layer, start, stop)]
+    return call(q, k_cache, v_cache, *ints, scale=np.float32(scale))
+
+
+@functools.cache
+def ready() -> bool:
+    """Build (once per source, compiler and CPU) and register the kernels; False, with a warning, if not."""
+    if os.environ.get("OMNI_JAX_CPU_KERNELS", "1") == "0":
+        return False
+    try:
+        library = ctypes.CDLL(str(_build()))
+    except (OSError, RuntimeError) as e:
+        warnings.warn(f"omni_jax: CPU kernels unavailable ({e}); using plain XLA", stacklevel=3)
+        return False
+    for target, symbol in TARGETS.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
+    return True
+
+
+def _build() -> Path:
+    """The compiled library in the cache folder, compiled now if absent (to a temp name, then renamed)."""
+    compiler = shutil.which(os.environ.get("CXX", "g++"))
+    if compiler is None:
+        raise RuntimeError("no C++ compiler found (set CXX)")
+    key = hashlib.sha256(
+        "\0".join([SOURCE.read_text(), compiler, *FLAGS, jax.__version__, _cpu_signature()]).encode()
+    ).hexdigest()[:16]
+    cache = Path(os.environ.get("OMNI_JAX_CACHE", Path.home() / ".cache" / "omni_jax"))
+    library = cache / f"cpu_kernels-{key}.so"
+    if library.exists():
+        return library
+    cache.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
+    os.close(fd)
+    command = [compiler, *FLAGS, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", tmp]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        os.unlink(tmp)
+        raise RuntimeError(f"compiling {SOURCE.name} failed: {done.stderr[-2000:]}")
+    os.replace(tmp, library)
+    return library
+
+
+def _cpu_signature() -> str:
+    """What -march=native depends on: the CPU's feature flags (Linux) or its name."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line for line in lines if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return platform.machine() + platform.processor()

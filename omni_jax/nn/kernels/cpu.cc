@@ -1,0 +1,207 @@
+// float32 CPU kernels for small-batch decode, as XLA FFI handlers (built by omni_jax/nn/cpu_kernels.py).
+//
+// PackedMatmul: y = x @ W with W stored as column panels, panels[g, k, j] = W[k, 32 g + j]. Each panel is one
+// contiguous K x 32 block, so a matmul streams the weights once, front to back, with no per-call packing copy
+// (what a GEMM library does to an unpacked W, and why small-M matmuls read weights at a fraction of memory
+// bandwidth). Rows of x go 8 at a time: 8 x 32 accumulators in registers, one weight load per 8 FMAs.
+//
+// DecodeAttention: one query token per row against one layer of a stacked KV cache (L, b, s, kh, d), read in
+// place (no per-layer slice or transpose), over the row's valid slots [start[b], stop).
+//
+// Work is shared out over XLA's intra-op thread pool in chunks that every thread (the caller included) takes
+// from one atomic counter, so a call never waits on a task that has not started.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+typedef float v16 __attribute__((vector_size(64), aligned(4)));
+
+// Calls body(i) for i in [0, n), spread over the pool; returns when all are done.
+template <typename Body>
+void parallel_for(ffi::ThreadPool& pool, int64_t n, int64_t per_thread, Body body) {
+  struct Work {
+    Work(Body body, int64_t n, int64_t chunk) : body(body), n(n), chunk(chunk), chunks((n + chunk - 1) / chunk) {}
+    Body body;
+    int64_t n, chunk, chunks;
+    std::atomic<int64_t> next{0}, done{0};
+    void run() {
+      for (int64_t c; (c = next.fetch_add(1)) < chunks;) {
+        for (int64_t i = c * chunk; i < std::min(n, (c + 1) * chunk); ++i) body(i);
+        done.fetch_add(1, std::memory_order_release);
+      }
+    }
+  };
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  const int64_t chunk = std::max<int64_t>(1, n / (per_thread * threads));
+  auto work = std::make_shared<Work>(body, n, chunk);
+  for (int64_t t = 1; t < std::min(threads, work->chunks); ++t) pool.Schedule([work] { work->run(); });
+  work->run();
+  while (work->done.load(std::memory_order_acquire) < work->chunks) std::this_thread::yield();
+}
+
+// ---------------------------------------------------------------- packed matmul
+
+constexpr int64_t kPanel = 32;     // columns per panel
+constexpr int64_t kRows = 8;       // rows of x per register block
+constexpr int64_t kRowTile = 256;  // rows of x kept in cache while panels stream past
+constexpr int kVectors = kPanel / 16;
+
+struct Matmul {
+  const float* x;  // m k
+  const float* w;  // g k 32
+  float* y;        // m n
+  int64_t m, k, n;
+};
+
+// Rows [row, row + R) of y, columns [32 g, 32 g + 32) clipped to n.
+template <int R>
+void block(const Matmul& p, int64_t row, int64_t g) {
+  const float* x = p.x + row * p.k;
+  const float* w = p.w + g * p.k * kPanel;
+  v16 acc[R][kVectors];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < kVectors; ++j) acc[r][j] = v16{};
+  for (int64_t k = 0; k < p.k; ++k) {
+    const v16* wk = reinterpret_cast<const v16*>(w + k * kPanel);
+    for (int r = 0; r < R; ++r) {
+      const float xr = x[r * p.k + k];
+      for (int j = 0; j < kVectors; ++j) acc[r][j] += xr * wk[j];
+    }
+  }
+  const int64_t col = g * kPanel, width = std::min(kPanel, p.n - col);
+  for (int r = 0; r < R; ++r) {
+    float* y = p.y + (row + r) * p.n + col;
+    if (width == kPanel) {
+      for (int j = 0; j < kVectors; ++j) reinterpret_cast<v16*>(y)[j] = acc[r][j];
+    } else {
+      for (int64_t c = 0; c < width; ++c) y[c] = acc[r][c / 16][c % 16];
+    }
+  }
+}
+
+void rows_block(const Matmul& p, int64_t row, int64_t g) {
+  switch (std::min(kRows, p.m - row)) {
+    case 8: return block<8>(p, row, g);
+    case 7: return block<7>(p, row, g);
+    case 6: return block<6>(p, row, g);
+    case 5: return block<5>(p, row, g);
+    case 4: return block<4>(p, row, g);
+    case 3: return block<3>(p, row, g);
+    case 2: return block<2>(p, row, g);
+    default: return block<1>(p, row, g);
+  }
+}
+
+ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                        ffi::ResultBuffer<ffi::F32> y) {
+  const auto xd = x.dimensions(), wd = w.dimensions(), yd = y->dimensions();
+  if (xd.size() != 2 || wd.size() != 3 || yd.size() != 2 || wd[2] != kPanel || xd[1] != wd[1] ||
+      yd[0] != xd[0] || yd[1] > wd[0] * kPanel || yd[1] <= (wd[0] - 1) * kPanel)
+    return ffi::Error::InvalidArgument("packed_matmul: want x (m, k), panels (ceil(n/32), k, 32), y (m, n)");
+  const Matmul p{x.typed_data(), w.typed_data(), y->typed_data(), xd[0], xd[1], yd[1]};
+  if (p.m == 0 || p.n == 0) return ffi::Error::Success();
+  const int64_t tiles = (p.m + kRowTile - 1) / kRowTile, groups = wd[0];
+  // Row tiles outermost (each tile's rows stay in cache), panels split across threads within a tile.
+  for (int64_t tile = 0; tile < tiles; ++tile) {
+    const int64_t first = tile * kRowTile, last = std::min(p.m, first + kRowTile);
+    parallel_for(pool, groups, 4, [&p, first, last](int64_t g) {
+      for (int64_t row = first; row < last; row += kRows) rows_block(p, row, g);
+    });
+  }
+  return ffi::Error::Success();
+}
+
+// ---------------------------------------------------------------- decode attention
+
+struct Attention {
+  const float* q;  // b h d
+  const float* k;  // L b s kh d
+  const float* v;  // L b s kh d
+  const int32_t* start;  // b
+  float* out;      // b h d
+  int64_t b, h, kh, s, d, layer, stop;
+  float scale;
+};
+
+float dot(const float* a, const float* b, int64_t d) {
+  v16 acc = v16{};
+  int64_t i = 0;
+  for (; i + 16 <= d; i += 16) acc += *reinterpret_cast<const v16*>(a + i) * *reinterpret_cast<const v16*>(b + i);
+  float sum = 0.f;
+  for (int j = 0; j < 16; ++j) sum += acc[j];
+  for (; i < d; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+// Query heads of kv head `head` in row `row`: softmax(q k^T * scale) v over slots [start, stop).
+void attend(const Attention& p, int64_t row, int64_t head, std::vector<float>& logits) {
+  const int64_t groups = p.h / p.kh, first = std::clamp<int64_t>(p.start[row], 0, p.stop - 1);
+  const int64_t n = p.stop - first, slot_stride = p.kh * p.d;
+  const float* k = p.k + ((p.layer * p.b + row) * p.s * p.kh + head) * p.d + first * slot_stride;
+  const float* v = p.v + ((p.layer * p.b + row) * p.s * p.kh + head) * p.d + first * slot_stride;
+  logits.resize(n);
+  for (int64_t g = 0; g < groups; ++g) {
+    const float* q = p.q + (row * p.h + head * groups + g) * p.d;
+    float* out = p.out + (row * p.h + head * groups + g) * p.d;
+    float top = -INFINITY;
+    for (int64_t j = 0; j < n; ++j) top = std::max(top, logits[j] = dot(q, k + j * slot_stride, p.d) * p.scale);
+    float total = 0.f;
+    for (int64_t j = 0; j < n; ++j) total += logits[j] = std::exp(logits[j] - top);
+    std::fill(out, out + p.d, 0.f);
+    for (int64_t j = 0; j < n; ++j) {
+      const float weight = logits[j] / total;
+      const float* vj = v + j * slot_stride;
+      for (int64_t i = 0; i < p.d; ++i) out[i] += weight * vj[i];
+    }
+  }
+}
+
+ffi::Error DecodeAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
+                           ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::S32> layer, ffi::Buffer<ffi::S32> start,
+                           ffi::Buffer<ffi::S32> stop, float scale, ffi::ResultBuffer<ffi::F32> out) {
+  const auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions(), od = out->dimensions();
+  if (qd.size() != 3 || kd.size() != 5 || kd[1] != qd[0] || kd[4] != qd[2] || qd[1] % kd[3] != 0 ||
+      !std::equal(kd.begin(), kd.end(), vd.begin(), vd.end()) || start.element_count() != qd[0] ||
+      !std::equal(qd.begin(), qd.end(), od.begin(), od.end()))
+    return ffi::Error::InvalidArgument("decode_attention: want q (b, h, d), caches (L, b, s, kh, d), start (b,)");
+  const Attention p{q.typed_data(), k.typed_data(), v.typed_data(), start.typed_data(), out->typed_data(),
+                    qd[0], qd[1], kd[3], kd[2], qd[2], layer.typed_data()[0], stop.typed_data()[0], scale};
+  if (p.layer < 0 || p.layer >= kd[0] || p.stop < 1 || p.stop > p.s)
+    return ffi::Error::InvalidArgument("decode_attention: layer or stop out of range");
+  parallel_for(pool, p.b * p.kh, 1, [&p](int64_t i) {
+    thread_local std::vector<float> logits;
+    attend(p, i / p.kh, i % p.kh, logits);
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OmniJaxPackedMatmul, PackedMatmul,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OmniJaxDecodeAttention, DecodeAttention,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Attr<float>("scale")
+                                  .Ret<ffi::Buffer<ffi::F32>>());
