@@ -6,7 +6,8 @@ the batch-1 decode as a percent of the memory-bandwidth bound (weight bytes read
 measured here on every core, STREAM convention: bytes read + written). Three parameter layouts: stacked
 (`lax.scan`), `decoder.unstack_layers`, and `decoder.cpu_layout` (unstacked + packed linears, the CPU
 decode kernels).
-A Qwen3-MoE of the same shape (8 experts, top-2): ragged vs dense dispatch against transformers.
+A Qwen3-MoE of the same shape (8 experts, top-2): `cpu_layout` (packed experts, only the picked ones read),
+ragged and dense dispatch, against transformers.
 
     python bench/decode.py [--json] [--repeats N]
 """
@@ -132,11 +133,13 @@ def main() -> None:
         rows += [*decode, bandwidth | {"bound_tok_s": round(bound, 1)}]
 
     hf, config, params = models("qwen3_moe")
+    layout = decoder.cpu_layout(params, config)
+    rows.append(prefill_row("moe_cpu_layout", hf, config, layout, args.repeats))
+    rows += decode_rows(hf, config, {"moe_cpu_layout": layout}, args.repeats)["moe_cpu_layout"]
     for impl in ("ragged", "dense"):
         cfg = dataclasses.replace(config, moe_impl=impl)
         rows.append(prefill_row(f"moe_{impl}", hf, cfg, params, args.repeats))
-        layouts = {f"moe_{impl}": params, f"moe_{impl}_cpu_layout": decoder.cpu_layout(params, cfg)}
-        rows += [r for rs in decode_rows(hf, cfg, layouts, args.repeats, batches=(1,)).values() for r in rs]
+        rows += decode_rows(hf, cfg, {f"moe_{impl}": params}, args.repeats, batches=(1,))[f"moe_{impl}"]
     emit(rows, args.json)
 
 

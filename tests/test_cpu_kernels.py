@@ -11,7 +11,7 @@ from test_decoder import mrope_positions, prompts, tiny
 
 from omni_jax.inference.generate import generate
 from omni_jax.models import decoder
-from omni_jax.nn import cpu_kernels, packed
+from omni_jax.nn import cpu_kernels, moe, packed
 from omni_jax.nn.attention import cache_attention
 from omni_jax.nn.layers import linear
 
@@ -58,6 +58,28 @@ def test_fallbacks_without_the_kernels(monkeypatch):
     # bfloat16 never takes the float32 kernel
     bf = packed.packed_matmul(jnp.asarray(x, jnp.bfloat16), packed.pack(w))
     assert bf.dtype == jnp.bfloat16 and bf.shape == (3, 70)
+
+
+@pytest.mark.parametrize("n", [1, 8, 19])  # 19 tokens: more rows per expert than one register block
+def test_routed_experts_match_float64(n, monkeypatch):
+    rng = np.random.default_rng(n)
+    e, d, f, k = 5, 40, 20, 3  # 2f = 40 and d = 40: padded panels on both kernels
+    x = rng.standard_normal((n, d), np.float32)
+    gate_up = rng.standard_normal((e, d, 2 * f), np.float32) / np.sqrt(d)
+    down = rng.standard_normal((e, f, d), np.float32) / np.sqrt(f)
+    experts = np.stack([rng.choice(e, k, replace=False) for _ in range(n)]).astype(np.int32)
+    weights = rng.random((n, k)).astype(np.float32)
+    want = np.zeros((n, d))
+    for t in range(n):
+        for j in range(k):
+            h = x[t].astype(np.float64) @ gate_up[experts[t, j]]
+            a = h[:f] / (1 + np.exp(-h[:f])) * h[f:]
+            want[t] += weights[t, j] * (a @ down[experts[t, j]])
+    p = {"gate_up": packed.pack(jnp.asarray(gate_up)), "down": packed.pack(jnp.asarray(down))}
+    args = jnp.asarray(x), jnp.asarray(weights), jnp.asarray(experts)
+    np.testing.assert_allclose(np.asarray(moe.experts_packed(p, *args, "silu")), want, atol=1e-5)
+    monkeypatch.setattr(cpu_kernels, "ready", lambda: False)  # the XLA fallback: unpacked, ragged
+    np.testing.assert_allclose(np.asarray(moe.experts_packed(p, *args, "silu")), want, atol=1e-5)
 
 
 def attention_case(rng, d, layers=3, b=3, s=10, kh=2, h=6):
@@ -108,7 +130,7 @@ def test_cpu_layout_greedy_tokens_match_transformers(kind):
 
 
 def test_cpu_layout_of_the_talker_matches_transformers():
-    """The Talker's MoE: shared expert packed; router, routed experts and the 1-wide shared gate untouched."""
+    """The Talker's MoE: shared and routed experts packed; router and the 1-wide shared gate untouched."""
     model = tiny("talker")
     config = decoder.Config.from_hf(model.config)
     state = {f"model.{k}": v for k, v in model.state_dict().items() if not k.startswith("codec_embedding")}
@@ -118,7 +140,7 @@ def test_cpu_layout_of_the_talker_matches_transformers():
     assert layout["layers"][0]["attn"]["q"]["kernel"].d_out == 4 * 32
     assert not isinstance(moe["router"]["kernel"], packed.PackedKernel)
     assert not isinstance(moe["shared_gate"]["kernel"], packed.PackedKernel)
-    assert not isinstance(moe["experts"]["down"], packed.PackedKernel)
+    assert moe["experts"]["gate_up"].panels.shape == (8, 2 * 32 // 32, 64, 32)  # E, 2f / 32, d, 32
     embeds = torch.randn(2, 9, 64, generator=torch.Generator().manual_seed(5))
     pos = mrope_positions(2, 9)
     with torch.no_grad():

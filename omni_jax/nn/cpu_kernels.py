@@ -1,7 +1,8 @@
 """float32 CPU kernels for small-batch decode (`kernels/cpu.cc`), as XLA FFI custom calls built on first use.
 
-`packed_matmul` (weights as contiguous column panels, `nn.packed`) and `decode_attention` (one query token
-against a layer of the stacked KV cache, read in place). The C++ source is compiled with the host's C++
+`packed_matmul` (weights as contiguous column panels, `nn.packed`), `routed_experts` (a SwiGLU MoE over
+packed experts that reads only the experts tokens picked) and `decode_attention` (one query token against a
+layer of the stacked KV cache, read in place). The C++ source is compiled with the host's C++
 compiler into `$OMNI_JAX_CACHE` (default `~/.cache/omni_jax`), keyed by source, compiler flags, jax version
 and CPU features. Callers fall back to plain XLA when `ready()` is False (no compiler, or
 `OMNI_JAX_CPU_KERNELS=0`) and on other backends.
@@ -28,6 +29,7 @@ SOURCE = Path(__file__).with_name("kernels") / "cpu.cc"
 TARGETS = {
     "omni_jax_packed_matmul": "OmniJaxPackedMatmul",
     "omni_jax_decode_attention": "OmniJaxDecodeAttention",
+    "omni_jax_routed_experts": "OmniJaxRoutedExperts",
 }
 FLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-std=c++17", "-shared", "-fPIC", "-w")
 
@@ -43,6 +45,14 @@ def packed_matmul(x: jax.Array, panels: jax.Array, d_out: int) -> jax.Array:
     """x m k (float32) @ panels g k 32 -> m d_out."""
     out = jax.ShapeDtypeStruct((x.shape[0], d_out), jnp.float32)
     return jax.ffi.ffi_call("omni_jax_packed_matmul", out, vmap_method="sequential")(x, panels)
+
+
+def routed_experts(x, gate_up, down, experts, weights) -> jax.Array:
+    """SwiGLU experts over packed kernels, gate_up E g k 32 (2f wide), down E g f 32; x n d, experts and
+    weights n k (float32) -> n d: sum over k of weight * expert(x), reading only the picked experts."""
+    out = jax.ShapeDtypeStruct(x.shape, jnp.float32)
+    call = jax.ffi.ffi_call("omni_jax_routed_experts", out, vmap_method="sequential")
+    return call(x, gate_up, down, jnp.asarray(experts, jnp.int32), weights)
 
 
 def decode_attention(q, k_cache, v_cache, layer, start, stop, scale: float) -> jax.Array:

@@ -5,7 +5,8 @@ MoE (Qwen3-MoE / Qwen3-Omni): router softmax over all experts in float32 -> top-
 plus an optional sigmoid-gated shared expert (the Talker). Both dispatch paths are exact and dropless:
 `dense` runs every expert on every token and combines with the sparse routing weights; `ragged` sorts the
 token-expert pairs by expert and runs grouped matmuls (`jax.lax.ragged_dot`): k experts' work per token.
-Expert kernels are fused: gate_up (E, D, 2I) with the gate in the first half, down (E, I, D).
+Expert kernels are fused: gate_up (E, D, 2I) with the gate in the first half, down (E, I, D). Packed
+experts (`decoder.pack_linears`, CPU inference) run a kernel that reads only the experts some token picked.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from omni_jax.nn import cpu_kernels
 from omni_jax.nn.layers import activation, linear, linear_spec
+from omni_jax.nn.packed import PackedKernel, unpack
 from omni_jax.nn.params import ParamSpec
 
 MOE_IMPLS = ("ragged", "dense")
@@ -84,6 +87,22 @@ def experts_ragged(p: dict, x: jax.Array, weights: jax.Array, experts: jax.Array
     return jnp.einsum("nk,nkd->nd", weights, y)
 
 
+def experts_packed(p: dict, x: jax.Array, weights: jax.Array, experts: jax.Array, act: str) -> jax.Array:
+    """Packed expert kernels: on CPU in float32 with SiLU the routed-experts kernel, else unpacked into the
+    ragged path. n d -> n d."""
+    gate_up, down = p["gate_up"], p["down"]
+
+    def xla(x, weights, experts):
+        return experts_ragged({"gate_up": unpack(gate_up), "down": unpack(down)}, x, weights, experts, act)
+
+    def kernel(x, weights, experts):
+        return cpu_kernels.routed_experts(x, gate_up.panels, down.panels, experts, weights)
+
+    if x.dtype != jnp.float32 or act != "silu":
+        return xla(x, weights, experts)
+    return cpu_kernels.on_cpu(kernel, xla, x, weights, experts)
+
+
 def moe(
     p: dict, x: jax.Array, *, top_k: int, norm_topk_prob: bool, act: str = "silu", impl: str = "ragged"
 ) -> jax.Array:
@@ -93,7 +112,11 @@ def moe(
     shape = x.shape
     x = x.reshape(-1, shape[-1])
     weights, experts = route(p["router"]["kernel"], x, top_k, norm_topk_prob)
-    y = (experts_ragged if impl == "ragged" else experts_dense)(p["experts"], x, weights, experts, act)
+    if isinstance(p["experts"]["gate_up"], PackedKernel):
+        run = experts_packed
+    else:
+        run = experts_ragged if impl == "ragged" else experts_dense
+    y = run(p["experts"], x, weights, experts, act)
     if "shared" in p:
         y = y + jax.nn.sigmoid(linear(p["shared_gate"], x)) * gated_mlp(p["shared"], x, act)
     return y.reshape(shape)

@@ -5,6 +5,9 @@
 // (what a GEMM library does to an unpacked W, and why small-M matmuls read weights at a fraction of memory
 // bandwidth). Rows of x go 8 at a time: 8 x 32 accumulators in registers, one weight load per 8 FMAs.
 //
+// RoutedExperts: a SwiGLU mixture of experts over packed expert kernels that reads only the experts some
+// token picked (each once, for all its tokens), where a dense or ragged dispatch on CPU reads all of them.
+//
 // DecodeAttention: one query token per row against one layer of a stacked KV cache (L, b, s, kh, d), read in
 // place (no per-layer slice or transpose), over the row's valid slots [start[b], stop).
 //
@@ -121,6 +124,66 @@ ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buff
   return ffi::Error::Success();
 }
 
+// ---------------------------------------------------------------- routed experts
+
+float silu(float x) { return x / (1.f + std::exp(-x)); }
+
+ffi::Error RoutedExperts(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> gate_up,
+                         ffi::Buffer<ffi::F32> down, ffi::Buffer<ffi::S32> experts, ffi::Buffer<ffi::F32> weights,
+                         ffi::ResultBuffer<ffi::F32> y) {
+  const auto xd = x.dimensions(), gd = gate_up.dimensions(), dd = down.dimensions(), ed = experts.dimensions();
+  const int64_t n = xd.size() == 2 ? xd[0] : 0, d = xd.size() == 2 ? xd[1] : 0;
+  const int64_t f = dd.size() == 4 ? dd[2] : 0, top = ed.size() == 2 ? ed[1] : 0;
+  if (xd.size() != 2 || gd.size() != 4 || dd.size() != 4 || ed.size() != 2 || gd[0] != dd[0] || gd[2] != d ||
+      gd[1] != (2 * f + kPanel - 1) / kPanel || dd[1] != (d + kPanel - 1) / kPanel || gd[3] != kPanel ||
+      dd[3] != kPanel || ed[0] != n || weights.element_count() != n * top || y->element_count() != n * d)
+    return ffi::Error::InvalidArgument(
+        "routed_experts: want x (n, d), gate_up panels (E, ceil(2f/32), d, 32), down panels (E, ceil(d/32), f, "
+        "32), experts and weights (n, k), y (n, d)");
+  const int64_t count = gd[0];
+  const int32_t* picked = experts.typed_data();
+  for (int64_t i = 0; i < n * top; ++i)
+    if (picked[i] < 0 || picked[i] >= count) return ffi::Error::InvalidArgument("routed_experts: expert id out of range");
+
+  // token-expert pairs grouped by expert (counting sort, pair order kept within an expert)
+  std::vector<int64_t> first(count + 1, 0), pairs(n * top);
+  for (int64_t i = 0; i < n * top; ++i) ++first[picked[i] + 1];
+  for (int64_t e = 0; e < count; ++e) first[e + 1] += first[e];
+  std::vector<int64_t> fill(first.begin(), first.end() - 1);
+  for (int64_t i = 0; i < n * top; ++i) pairs[fill[picked[i]]++] = i;
+  std::vector<int64_t> hit;
+  for (int64_t e = 0; e < count; ++e)
+    if (first[e + 1] > first[e]) hit.push_back(e);
+
+  std::vector<float> out(n * top * d);  // each pair's weighted expert output
+  const float *xs = x.typed_data(), *gu = gate_up.typed_data(), *dn = down.typed_data(), *ws = weights.typed_data();
+  parallel_for(pool, hit.size(), 1, [&](int64_t h) {
+    const int64_t e = hit[h], rows = first[e + 1] - first[e];
+    std::vector<float> in(rows * d), mid(rows * 2 * f), act(rows * f), res(rows * d);
+    for (int64_t r = 0; r < rows; ++r) std::copy_n(xs + pairs[first[e] + r] / top * d, d, &in[r * d]);
+    const Matmul up{in.data(), gu + e * gd[1] * d * kPanel, mid.data(), rows, d, 2 * f};
+    for (int64_t g = 0; g < gd[1]; ++g)
+      for (int64_t r = 0; r < rows; r += kRows) rows_block(up, r, g);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t i = 0; i < f; ++i) act[r * f + i] = silu(mid[r * 2 * f + i]) * mid[r * 2 * f + f + i];
+    const Matmul back{act.data(), dn + e * dd[1] * f * kPanel, res.data(), rows, f, d};
+    for (int64_t g = 0; g < dd[1]; ++g)
+      for (int64_t r = 0; r < rows; r += kRows) rows_block(back, r, g);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t pair = pairs[first[e] + r];
+      for (int64_t i = 0; i < d; ++i) out[pair * d + i] = ws[pair] * res[r * d + i];
+    }
+  });
+  float* ys = y->typed_data();
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t i = 0; i < d; ++i) {
+      float sum = 0.f;
+      for (int64_t j = 0; j < top; ++j) sum += out[(t * top + j) * d + i];
+      ys[t * d + i] = sum;
+    }
+  return ffi::Error::Success();
+}
+
 // ---------------------------------------------------------------- decode attention
 
 struct Attention {
@@ -191,6 +254,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OmniJaxPackedMatmul, PackedMatmul,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OmniJaxRoutedExperts, RoutedExperts,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
