@@ -260,9 +260,10 @@ def unstack_layers(params: dict) -> dict:
 
 
 def pack_linears(params: dict, config: Config) -> dict:
-    """The same parameters with the attention, MLP, expert and lm_head kernels as `PackedKernel`s (`nn.packed`:
-    ~2x faster CPU decode; packed experts run only the experts tokens pick); a tied lm_head gets a packed
-    copy of the embedding. Stacked or unstacked layers; routers stay as they are. For float32 CPU inference."""
+    """The same parameters with the attention, MLP, expert and lm_head kernels as `PackedKernel`s
+    (`nn.packed`: ~2x faster CPU decode; packed experts run only the experts tokens pick); a tied lm_head
+    gets a packed copy of the embedding. Stacked or unstacked layers; routers stay as they are. For float32
+    CPU inference."""
 
     def pack_tree(name, tree):
         if isinstance(tree, tuple):  # unstacked layers
