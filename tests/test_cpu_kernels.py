@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_decoder import mrope_positions, prompts, tiny
+from test_decoder import assert_talker_matches, prompts, talker, tiny
 
 from omni_jax.inference.generate import generate
 from omni_jax.models import decoder
@@ -132,21 +132,12 @@ def test_cpu_layout_greedy_tokens_match_transformers(kind):
 
 def test_cpu_layout_of_the_talker_matches_transformers():
     """The Talker's MoE: shared and routed experts packed; router and the 1-wide shared gate untouched."""
-    model = tiny("talker")
-    config = decoder.Config.from_hf(model.config)
-    state = {f"model.{k}": v for k, v in model.state_dict().items() if not k.startswith("codec_embedding")}
-    layout = decoder.cpu_layout(decoder.hf_state_to_params(state, config), config)
+    model, config, params = talker()
+    layout = decoder.cpu_layout(params, config)
     moe = layout["moe"][0]
     assert isinstance(moe["shared"]["down"]["kernel"], packed.PackedKernel)
     assert layout["layers"][0]["attn"]["q"]["kernel"].d_out == 4 * 32
     assert not isinstance(moe["router"]["kernel"], packed.PackedKernel)
     assert not isinstance(moe["shared_gate"]["kernel"], packed.PackedKernel)
     assert moe["experts"]["gate_up"].panels.shape == (8, 2 * 32 // 32, 64, 32)  # E, 2f / 32, d, 32
-    embeds = torch.randn(2, 9, 64, generator=torch.Generator().manual_seed(5))
-    pos = mrope_positions(2, 9)
-    with torch.no_grad():
-        ref = model(inputs_embeds=embeds, position_ids=pos).last_hidden_state
-    out, _ = decoder.forward(
-        layout, config, jnp.asarray(embeds.numpy()), positions=jnp.asarray(pos.numpy()), logits="none"
-    )
-    np.testing.assert_allclose(np.asarray(out.hidden), ref.numpy(), atol=1e-4)
+    assert_talker_matches(model, config, layout)

@@ -146,14 +146,17 @@ def test_thinker_deepstack_inputs():
     np.testing.assert_allclose(np.asarray(out.hidden), ref.numpy(), atol=1e-4)
 
 
-def test_talker_shared_expert_body():
+def talker():
+    """The tiny Talker model, its decoder config and params (its codec embedding is not a decoder weight)."""
     model = tiny("talker")
     config = decoder.Config.from_hf(model.config)
     state = {f"model.{k}": v for k, v in model.state_dict().items() if not k.startswith("codec_embedding")}
-    params = decoder.hf_state_to_params(state, config)
-    assert config.sparse_layers == (True,) * 3 and not config.embed and not config.lm_head
-    g = torch.Generator().manual_seed(5)
-    embeds = torch.randn(2, 9, 64, generator=g)
+    return model, config, decoder.hf_state_to_params(state, config)
+
+
+def assert_talker_matches(model, config, params):
+    """Hidden states on embeddings with MRoPE positions equal the transformers Talker's (1e-4)."""
+    embeds = torch.randn(2, 9, 64, generator=torch.Generator().manual_seed(5))
     pos = mrope_positions(2, 9)
     with torch.no_grad():
         ref = model(inputs_embeds=embeds, position_ids=pos).last_hidden_state
@@ -161,6 +164,12 @@ def test_talker_shared_expert_body():
         params, config, jnp.asarray(embeds.numpy()), positions=jnp.asarray(pos.numpy()), logits="none"
     )
     np.testing.assert_allclose(np.asarray(out.hidden), ref.numpy(), atol=1e-4)
+
+
+def test_talker_shared_expert_body():
+    model, config, params = talker()
+    assert config.sparse_layers == (True,) * 3 and not config.embed and not config.lm_head
+    assert_talker_matches(model, config, params)
 
 
 def test_mrope_axes_interleaved():

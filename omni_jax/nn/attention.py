@@ -35,7 +35,7 @@ def cache_attention(q, k_cache, v_cache, layer, start, stop, scale: float | None
     """One new token per row against layer `layer` of stacked caches (L b s kh d), slots start[b] .. stop-1.
     q: b 1 h d -> b 1 h d. On CPU in float32 a kernel reads the layer in place (no slice or transpose)."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    layer, stop = jnp.asarray(layer, jnp.int32), jnp.asarray(stop, jnp.int32)
+    layer, start, stop = (jnp.asarray(a, jnp.int32) for a in (layer, start, stop))
 
     def xla(q, k_cache, v_cache, layer, start, stop):
         slots = jnp.arange(k_cache.shape[2])

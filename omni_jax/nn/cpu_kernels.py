@@ -41,26 +41,29 @@ def on_cpu(kernel, fallback, *args):
     return jax.lax.platform_dependent(*args, cpu=kernel, default=fallback)
 
 
+def _call(target: str, shape: tuple[int, ...], *operands, **attributes) -> jax.Array:
+    """The float32 result of shape `shape` of custom call `target`."""
+    out = jax.ShapeDtypeStruct(shape, jnp.float32)
+    return jax.ffi.ffi_call(target, out, vmap_method="sequential")(*operands, **attributes)
+
+
 def packed_matmul(x: jax.Array, panels: jax.Array, d_out: int) -> jax.Array:
     """x m k (float32) @ panels g k 32 -> m d_out."""
-    out = jax.ShapeDtypeStruct((x.shape[0], d_out), jnp.float32)
-    return jax.ffi.ffi_call("omni_jax_packed_matmul", out, vmap_method="sequential")(x, panels)
+    return _call("omni_jax_packed_matmul", (x.shape[0], d_out), x, panels)
 
 
 def routed_experts(x, gate_up, down, experts, weights) -> jax.Array:
     """SwiGLU experts over packed kernels, gate_up E g k 32 (2f wide), down E g f 32; x n d, experts and
     weights n k (float32) -> n d: sum over k of weight * expert(x), reading only the picked experts."""
-    out = jax.ShapeDtypeStruct(x.shape, jnp.float32)
-    call = jax.ffi.ffi_call("omni_jax_routed_experts", out, vmap_method="sequential")
-    return call(x, gate_up, down, jnp.asarray(experts, jnp.int32), weights)
+    operands = x, gate_up, down, jnp.asarray(experts, jnp.int32), weights
+    return _call("omni_jax_routed_experts", x.shape, *operands)
 
 
 def decode_attention(q, k_cache, v_cache, layer, start, stop, scale: float) -> jax.Array:
-    """q b h d against slots [start[b], stop) of layer `layer` of caches L b s kh d (float32) -> b h d."""
-    out = jax.ShapeDtypeStruct(q.shape, jnp.float32)
-    call = jax.ffi.ffi_call("omni_jax_decode_attention", out, vmap_method="sequential")
-    ints = [jnp.asarray(a, jnp.int32) for a in (layer, start, stop)]
-    return call(q, k_cache, v_cache, *ints, scale=np.float32(scale))
+    """q b h d against slots [start[b], stop) of layer `layer` of caches L b s kh d (float32; layer, start
+    and stop int32) -> b h d."""
+    operands = q, k_cache, v_cache, layer, start, stop
+    return _call("omni_jax_decode_attention", q.shape, *operands, scale=np.float32(scale))
 
 
 @functools.cache

@@ -105,6 +105,11 @@ void rows_block(const Matmul& p, int64_t row, int64_t g) {
   }
 }
 
+// Panel g of y for rows [first, last), a register block of rows at a time.
+void panel_rows(const Matmul& p, int64_t g, int64_t first, int64_t last) {
+  for (int64_t row = first; row < last; row += kRows) rows_block(p, row, g);
+}
+
 ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                         ffi::ResultBuffer<ffi::F32> y) {
   const auto xd = x.dimensions(), wd = w.dimensions(), yd = y->dimensions();
@@ -117,9 +122,7 @@ ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buff
   // Row tiles outermost (each tile's rows stay in cache), panels split across threads within a tile.
   for (int64_t tile = 0; tile < tiles; ++tile) {
     const int64_t first = tile * kRowTile, last = std::min(p.m, first + kRowTile);
-    parallel_for(pool, groups, 4, [&p, first, last](int64_t g) {
-      for (int64_t row = first; row < last; row += kRows) rows_block(p, row, g);
-    });
+    parallel_for(pool, groups, 4, [&p, first, last](int64_t g) { panel_rows(p, g, first, last); });
   }
   return ffi::Error::Success();
 }
@@ -162,13 +165,11 @@ ffi::Error RoutedExperts(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buf
     std::vector<float> in(rows * d), mid(rows * 2 * f), act(rows * f), res(rows * d);
     for (int64_t r = 0; r < rows; ++r) std::copy_n(xs + pairs[first[e] + r] / top * d, d, &in[r * d]);
     const Matmul up{in.data(), gu + e * gd[1] * d * kPanel, mid.data(), rows, d, 2 * f};
-    for (int64_t g = 0; g < gd[1]; ++g)
-      for (int64_t r = 0; r < rows; r += kRows) rows_block(up, r, g);
+    for (int64_t g = 0; g < gd[1]; ++g) panel_rows(up, g, 0, rows);
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t i = 0; i < f; ++i) act[r * f + i] = silu(mid[r * 2 * f + i]) * mid[r * 2 * f + f + i];
     const Matmul back{act.data(), dn + e * dd[1] * f * kPanel, res.data(), rows, f, d};
-    for (int64_t g = 0; g < dd[1]; ++g)
-      for (int64_t r = 0; r < rows; r += kRows) rows_block(back, r, g);
+    for (int64_t g = 0; g < dd[1]; ++g) panel_rows(back, g, 0, rows);
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t pair = pairs[first[e] + r];
       for (int64_t i = 0; i < d; ++i) out[pair * d + i] = ws[pair] * res[r * d + i];
@@ -210,8 +211,8 @@ float dot(const float* a, const float* b, int64_t d) {
 void attend(const Attention& p, int64_t row, int64_t head, std::vector<float>& logits) {
   const int64_t groups = p.h / p.kh, first = std::clamp<int64_t>(p.start[row], 0, p.stop - 1);
   const int64_t n = p.stop - first, slot_stride = p.kh * p.d;
-  const float* k = p.k + ((p.layer * p.b + row) * p.s * p.kh + head) * p.d + first * slot_stride;
-  const float* v = p.v + ((p.layer * p.b + row) * p.s * p.kh + head) * p.d + first * slot_stride;
+  const int64_t offset = ((p.layer * p.b + row) * p.s * p.kh + head) * p.d + first * slot_stride;
+  const float *k = p.k + offset, *v = p.v + offset;
   logits.resize(n);
   for (int64_t g = 0; g < groups; ++g) {
     const float* q = p.q + (row * p.h + head * groups + g) * p.d;
