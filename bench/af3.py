@@ -25,9 +25,10 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from common import ROOT, row, run_configs  # noqa: E402
 
-from omni_jax.models import audioflamingo3 as af3  # noqa: E402
-from omni_jax.pipelines.audioflamingo3 import Pipeline  # noqa: E402
-from omni_jax.processing import AudioFlamingo3Processor  # noqa: E402
+from omni_jax import parity  # noqa: E402
+from omni_jax.families.audioflamingo3 import system as af3  # noqa: E402
+from omni_jax.families.audioflamingo3.pipeline import Pipeline  # noqa: E402
+from omni_jax.families.audioflamingo3.processor import AudioFlamingo3Processor  # noqa: E402
 
 TINY = json.loads((ROOT / "configs" / "tiny-audioflamingo3.json").read_text())
 AUDIO_50M = dict(hidden_size=384, num_hidden_layers=4, num_attention_heads=6, intermediate_size=1536)
@@ -49,7 +50,7 @@ def models(hf_config: dict, folder: Path):
 
     torch.manual_seed(0)
     model = AudioFlamingo3ForConditionalGeneration(AudioFlamingo3Config.from_dict(hf_config)).eval()
-    config, params = af3.from_torch(model)
+    config, params = parity.from_torch(model)
     return model, Pipeline(config, params, AudioFlamingo3Processor.from_pretrained(folder), (), 0)
 
 

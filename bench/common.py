@@ -71,7 +71,7 @@ def run_configs(
     import torch
 
     from omni_jax.audio import load_audio
-    from omni_jax.processing import save_tokenizer_files
+    from omni_jax.testing.tiny_tokenizer import save_tokenizer_files
 
     p = parser(description)
     p.add_argument("--repeats", type=int, default=3)

@@ -27,10 +27,11 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from common import emit, median_time, parser, row  # noqa: E402
 
-from omni_jax.inference.cache import init_cache  # noqa: E402
+from omni_jax import parity  # noqa: E402
 from omni_jax.inference.engine import prefill  # noqa: E402
-from omni_jax.inference.generate import generate  # noqa: E402
+from omni_jax.inference.loop import generate  # noqa: E402
 from omni_jax.models import decoder  # noqa: E402
+from omni_jax.nn.cache import init_cache  # noqa: E402
 
 SHAPE = dict(
     vocab_size=32000, hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2,
@@ -65,7 +66,7 @@ def models(kind: str):
         hf = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**SHAPE))
     else:
         hf = transformers.Qwen3MoeForCausalLM(transformers.Qwen3MoeConfig(head_dim=64, **SHAPE, **MOE))
-    config, params = decoder.from_torch(hf.eval())
+    config, params = parity.from_torch(hf.eval())
     return hf, config, params
 
 

@@ -13,8 +13,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from common import emit, median_time, parser, row  # noqa: E402
 
+from omni_jax import parity  # noqa: E402
 from omni_jax.audio import load_audio, log_mel  # noqa: E402
-from omni_jax.convert import ctranslate2  # noqa: E402
+from omni_jax.families.whisper import ctranslate2  # noqa: E402
 from omni_jax.models import aut_encoder, whisper_encoder  # noqa: E402
 
 SPEECH = os.path.join(os.path.dirname(__file__), "..", "omni_jax", "assets", "speech.wav")
@@ -39,7 +40,7 @@ def whisper_rows(torch) -> list[dict]:
     module = WhisperEncoder(WhisperConfig(**config)).eval()
     encoder = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
     module.load_state_dict({k: torch.from_numpy(v) for k, v in encoder.items()})
-    cfg, params = whisper_encoder.from_torch(module)
+    cfg, params = parity.from_torch(module)
     params = jax.device_put(params)
     clip, _ = log_mel([load_audio(SPEECH)], num_mel_bins=80)
     rows = []
@@ -65,7 +66,7 @@ def aut_rows(torch) -> list[dict]:
 
     torch.manual_seed(0)
     module = Qwen3OmniMoeAudioEncoder(Qwen3OmniMoeAudioEncoderConfig(**AUT_SMALL)).eval()
-    cfg, params = aut_encoder.from_torch(module)
+    cfg, params = parity.from_torch(module)
     params = jax.device_put(params)
     lengths = np.array([3000, 1700])
     feats = np.random.default_rng(0).normal(size=(2, 128, 3000)).astype(np.float32)

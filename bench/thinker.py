@@ -23,10 +23,11 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from common import ROOT, median_time, row, run_configs  # noqa: E402
 
-from omni_jax.inference.cache import init_cache  # noqa: E402
-from omni_jax.models import qwen3_omni_thinker as thinker  # noqa: E402
-from omni_jax.pipelines import qwen3_omni  # noqa: E402
-from omni_jax.processing import Qwen3OmniProcessor  # noqa: E402
+from omni_jax import parity  # noqa: E402
+from omni_jax.families.qwen3_omni import pipeline as qwen3_omni  # noqa: E402
+from omni_jax.families.qwen3_omni import system as thinker  # noqa: E402
+from omni_jax.families.qwen3_omni.processor import Qwen3OmniProcessor  # noqa: E402
+from omni_jax.nn.cache import init_cache  # noqa: E402
 
 TINY = json.loads((ROOT / "configs" / "tiny-qwen3-omni-thinker.json").read_text())
 SMALL_AUDIO = dict(d_model=256, encoder_layers=4, encoder_attention_heads=4, encoder_ffn_dim=1024,
@@ -60,7 +61,7 @@ def models(hf_config: dict, folder: Path):
 
     torch.manual_seed(0)
     model = Qwen3OmniMoeForConditionalGeneration(Qwen3OmniMoeConfig(**hf_config)).thinker.eval()
-    config, params = thinker.from_torch(model)
+    config, params = parity.from_torch(model)
     pipe = qwen3_omni.Pipeline(config, params, Qwen3OmniProcessor.from_pretrained(folder), (), 0)
     return model, pipe, qwen3_omni.reference_processor(folder)
 

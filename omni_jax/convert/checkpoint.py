@@ -54,6 +54,7 @@ def atomic_dir(dst: Path, overwrite: bool = False) -> Iterator[Path]:
         tmp.rename(dst)
 
 
+# Hand-written: safetensors.save_file takes every tensor in one dict (all in memory at once); this streams.
 class SafetensorsWriter:
     """Writes arrays, in an order declared up front, into safetensors shards (with an index if several)."""
 

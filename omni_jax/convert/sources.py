@@ -1,5 +1,6 @@
 """Streaming readers for HF checkpoint folders: safetensors (single, or sharded with an index) and
 pytorch_model*.bin (through torch with mmap). Headers are read up front; tensors one at a time, on demand.
+Safetensors files are parsed and read by the `safetensors` library (`safe_open`).
 
 Opening a folder never raises for a bad file: every problem (corrupt or truncated file, an index naming a
 missing shard, an unsupported dtype) is collected in `Source.problems`, naming the file and key.
@@ -10,12 +11,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import struct
 from pathlib import Path
 from typing import Any
 
-import ml_dtypes
+import ml_dtypes  # also registers np.dtype("bfloat16"), which safe_open(framework="numpy") asks for
 import numpy as np
+from safetensors import SafetensorError, safe_open
 
 SAFETENSORS_DTYPES = {
     "F64": np.dtype(np.float64),
@@ -25,6 +26,8 @@ SAFETENSORS_DTYPES = {
 }
 DTYPE_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
+# safe_open's messages for a file whose size disagrees with its header (it checks at open, before any read)
+SIZE_ERRORS = ("not fully covered", "invalid header length", "header too small")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +37,6 @@ class TensorInfo:
     shape: tuple[int, ...]
     dtype: np.dtype | None  # None: unsupported (see dtype_name)
     dtype_name: str
-    offset: int = 0  # safetensors: absolute byte offset in the file
 
 
 class Source:
@@ -61,7 +63,8 @@ class Source:
 
 
 class SafetensorsSource(Source):
-    """Reads tensors with plain positioned reads (no mmap), so only the tensor in hand is resident."""
+    """Reads through safe_open, reopened per tensor: each read copies only its bytes out of the mmap and
+    unmaps the file again, so only the tensor in hand stays resident."""
 
     def __init__(self, folder: Path, files: list[str], index: dict[str, str] | None = None):
         super().__init__(folder, files)
@@ -71,14 +74,20 @@ class SafetensorsSource(Source):
             self._check_index(index)
 
     def _scan(self, name: str) -> None:
-        path = self.folder / name
         try:
-            header = read_safetensors_header(path)
-        except ValueError as e:
-            self.problems.append(f"{name}: {e}")
+            with safe_open(self.folder / name, framework="numpy") as f:
+                infos = [_info(name, key, f.get_slice(key)) for key in f.keys()]
+        except SafetensorError as e:
+            why = str(e).removeprefix("Error while deserializing header: ")
+            truncated = any(m in why for m in SIZE_ERRORS)
+            kind = "truncated or corrupt" if truncated else "corrupt safetensors header"
+            self.problems.append(f"{name}: {kind} ({why})")
             return
-        for key, info in header.items():
-            self._add(TensorInfo(key, name, tuple(info["shape"]), *_dtype(info["dtype"]), info["offset"]))
+        except OSError as e:
+            self.problems.append(f"{name}: cannot read ({e})")
+            return
+        for info in infos:
+            self._add(info)
 
     def _check_index(self, index: dict[str, str]) -> None:
         missing_files = sorted({f for f in index.values() if not (self.folder / f).is_file()})
@@ -90,21 +99,13 @@ class SafetensorsSource(Source):
                 self.problems.append(f"{f}: key {key!r} listed in the index is absent from the shard")
 
     def read(self, key: str) -> np.ndarray:
-        info = self.tensors[key]
-        count = int(np.prod(info.shape))
-        out = np.empty(count * info.dtype.itemsize, np.uint8)
-        with open(self.folder / info.file, "rb", buffering=0) as f:
-            f.seek(info.offset)
-            got = f.readinto(memoryview(out))
-        if got != out.size:
-            raise ValueError(f"{info.file}: truncated while reading {key!r}")
-        return out.view(info.dtype).reshape(info.shape)
+        with safe_open(self.folder / self.tensors[key].file, framework="numpy") as f:
+            return f.get_tensor(key)
 
     def read_slice(self, key: str, index: tuple) -> np.ndarray:
-        """tensor[index], touching only the pages the slice spans."""
-        info = self.tensors[key]
-        mapped = np.memmap(self.folder / info.file, info.dtype, "r", info.offset, info.shape)
-        return np.array(mapped[index])
+        """tensor[index] (slices and ints), copying only the bytes the slice spans."""
+        with safe_open(self.folder / self.tensors[key].file, framework="numpy") as f:
+            return f.get_slice(key)[index]
 
 
 class TorchBinSource(Source):
@@ -160,48 +161,16 @@ def open_source(folder: str | os.PathLike) -> Source:
     )
 
 
-def read_safetensors_header(path: Path) -> dict[str, dict]:
-    """{key: {dtype, shape, offset}} of a safetensors file; ValueError if corrupt or truncated."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise ValueError(f"truncated or corrupt: {size} bytes, no safetensors header")
-        (n,) = struct.unpack("<Q", head)
-        if n > size - 8:
-            raise ValueError(f"truncated or corrupt: header of {n} bytes in a file of {size}")
-        try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"corrupt safetensors header ({e})") from e
-    if not isinstance(header, dict):
-        raise ValueError("corrupt safetensors header (not a JSON object)")
-    header.pop("__metadata__", None)
-    out, end = {}, 0
-    for key, info in header.items():
-        try:
-            (begin, stop), dtype_name, shape = (
-                info["data_offsets"],
-                info["dtype"],
-                [int(s) for s in info["shape"]],
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"corrupt safetensors header entry {key!r} ({e})") from e
-        dtype = SAFETENSORS_DTYPES.get(dtype_name)
-        if dtype is not None and stop - begin != int(np.prod(shape)) * dtype.itemsize:
-            raise ValueError(f"corrupt: {key!r} spans {stop - begin} bytes for shape {shape} {dtype_name}")
-        out[key] = {"dtype": dtype_name, "shape": shape, "offset": 8 + n + begin}
-        end = max(end, stop)
-    if 8 + n + end > size:
-        raise ValueError(f"truncated: {size} bytes, the header needs {8 + n + end}")
-    return out
-
-
 def _read_index(path: Path) -> dict[str, str]:
     try:
         return dict(json.loads(path.read_text())["weight_map"])
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: corrupt index ({type(e).__name__}: {e})") from e
+
+
+def _info(name: str, key: str, tensor: Any) -> TensorInfo:
+    """The TensorInfo of one safe_open slice (shape and dtype, read from the header only)."""
+    return TensorInfo(key, name, tuple(tensor.get_shape()), *_dtype(tensor.get_dtype()))
 
 
 def _dtype(name: str) -> tuple[np.dtype | None, str]:

@@ -1,7 +1,14 @@
-"""Jitted prefill and decode over a static KV cache (donated, so updated in place).
+"""The step protocol the generation loops drive, and the RoPE decoder as one implementation of it.
+
+A `StepModel` is a hashable description (static under jit; parameters travel apart):
+    init_cache(params, batch, length) -> cache             static shapes, donated through every call
+    prefill(params, prompt, cache)    -> Step               logits b vocab (float32) at the last position
+    step(params, inputs, cache)       -> Step               one position per row
+    next_input(params, tokens b)      -> the next step's inputs (token ids here; embeddings for the Talker)
+`TokenDecoder` is the token-in/token-out decoder over omni_jax.nn.cache.KVCache:
 
     cache = init_cache(config, batch, length)
-    step = prefill(params, config, input_ids, cache, attention_mask=mask)    # step.logits: b vocab (float32)
+    step = prefill(params, config, input_ids, cache, attention_mask=mask)    # step.logits: b vocab
     step = decode_step(params, config, next_tokens, step.cache)
 
 Inputs are token ids (b t) or precomputed embeddings (b t d, multimodal fusion); prompts are left-padded
@@ -11,31 +18,118 @@ prompt position + 1 (the MRoPE delta is carried in `cache.next_pos`). `layer_inp
 after layers 0..n-1 (deepstack). `hidden_layers` picks hidden states to return (transformers numbering:
 0 the embeddings, i the output of layer i-1, num_layers the final-normed output); none cost anything unless
 asked for. Under `omni_jax.sharding.use_mesh` activations, logits and the cache are sharded by the rules.
-On CPU, `decoder.unstack_layers(params)` unrolls the layers instead of scanning a stack (faster decode:
-XLA:CPU copies each scanned layer's weight slices).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from omni_jax import sharding
-from omni_jax.inference.cache import CACHE_AXES, KVCache, left_pad_start
 from omni_jax.models.decoder import Config, forward
+from omni_jax.nn.cache import CACHE_AXES, KVCache, init_cache, left_pad_start
 
 MIN_BUCKET = 8
 
 
 class Step(NamedTuple):
     logits: jax.Array  # b vocab, float32, at the last position
-    cache: KVCache
+    cache: Any
     hidden_states: dict[int, jax.Array]  # requested indices -> b t d
+
+
+class StepModel(Protocol):
+    def init_cache(self, params: Any, batch: int, length: int) -> Any: ...
+    def prefill(self, params: Any, prompt: Any, cache: Any) -> Step: ...
+    def step(self, params: Any, inputs: Any, cache: Any) -> Step: ...
+    def next_input(self, params: Any, tokens: jax.Array) -> Any: ...
+
+
+class Prompt(NamedTuple):
+    """A decoder prompt bucketed for prefill."""
+
+    inputs: jax.Array  # b t (ids) or b t d, left-padded to the bucket
+    start: jax.Array  # b int32: first valid slot
+    positions: jax.Array | None  # b t or 3 b t
+    layer_inputs: jax.Array | None  # n b t d
+
+
+def param_dtype(params: dict):
+    return jax.tree.leaves(params["layers"])[0].dtype
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenDecoder:
+    """omni_jax.models.decoder as a StepModel: token ids (or embeddings) in, next-token logits out."""
+
+    config: Config
+    hidden_layers: tuple[int, ...] = ()
+
+    def init_cache(self, params: dict, batch: int, length: int) -> KVCache:
+        return init_cache(self.config, batch, length, param_dtype(params))
+
+    def prefill(self, params: dict, prompt: Prompt, cache: KVCache) -> Step:
+        """Fill the cache from slot 0; decode then continues from each row's last position + 1."""
+        inputs, start, positions, layer_inputs = prompt
+        fresh = dataclasses.replace(cache, start=start, index=jnp.zeros((), jnp.int32))
+        out, cache = self._forward(params, inputs, fresh, positions=positions, layer_inputs=layer_inputs)
+        last = (inputs.shape[1] - 1 - start).astype(jnp.float32) if positions is None else positions[..., -1]
+        cache = dataclasses.replace(cache, next_pos=(last.max(0) if last.ndim == 2 else last) + 1)
+        return Step(*_shard_out(out.logits, cache), out.hidden_states)
+
+    def step(self, params: dict, inputs: jax.Array, cache: KVCache) -> Step:
+        """inputs: b 1 (ids) or b 1 d, at slot cache.index and position cache.next_pos."""
+        out, cache = self._forward(params, inputs, cache, positions=cache.next_pos[:, None])
+        cache = dataclasses.replace(cache, next_pos=cache.next_pos + 1)
+        return Step(*_shard_out(out.logits, cache), out.hidden_states)
+
+    def next_input(self, params: dict, tokens: jax.Array) -> jax.Array:
+        return tokens[:, None]
+
+    def _forward(self, params, inputs, cache, **kwargs):
+        return forward(
+            params,
+            self.config,
+            inputs,
+            cache=cache,
+            hidden_layers=self.hidden_layers,
+            logits="last",
+            **kwargs,
+        )
+
+
+def _shard_out(logits: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+    """float32 logits and the cache, pinned to the current mesh (identity without one)."""
+    logits = sharding.constrain(logits.astype(jnp.float32), ("batch", "act_vocab"))
+    kv = {f: sharding.constrain(getattr(cache, f), CACHE_AXES) for f in ("k", "v")}
+    return logits, dataclasses.replace(cache, **kv)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "mesh_rules"), donate_argnames=("cache",))
+def _prefill(model, params, prompt, cache, mesh_rules):
+    del mesh_rules  # a static key: traces under a mesh differ from traces without
+    return model.prefill(params, prompt, cache)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "mesh_rules"), donate_argnames=("cache",))
+def _step(model, params, inputs, cache, mesh_rules):
+    del mesh_rules
+    return model.step(params, inputs, cache)
+
+
+def run_prefill(model: StepModel, params: Any, prompt: Any, cache: Any) -> Step:
+    """model.prefill, jitted, the cache donated."""
+    return _prefill(model, params, prompt, cache, sharding.current())
+
+
+def run_step(model: StepModel, params: Any, inputs: Any, cache: Any) -> Step:
+    """model.step, jitted, the cache donated."""
+    return _step(model, params, inputs, cache, sharding.current())
 
 
 def bucket(t: int, limit: int) -> int:
@@ -45,8 +139,8 @@ def bucket(t: int, limit: int) -> int:
 
 def prepare(
     config: Config, inputs: Any, attention_mask: Any, positions: Any, layer_inputs: Any, length: int
-) -> tuple[jax.Array, jax.Array, jax.Array | None, jax.Array | None]:
-    """Check a prompt and left-pad it to its bucket: -> (inputs, start, positions, layer_inputs)."""
+) -> Prompt:
+    """Check a prompt and left-pad it to its bucket."""
     inputs = jnp.asarray(inputs)
     if inputs.ndim not in (2, 3) or (inputs.ndim == 3 and inputs.shape[-1] != config.hidden_size):
         raise ValueError(
@@ -76,7 +170,7 @@ def prepare(
     start = jnp.asarray(pad + first, jnp.int32)
     positions = None if positions is None else left(jnp.asarray(positions, jnp.float32), -1)
     layer_inputs = None if layer_inputs is None else left(jnp.asarray(layer_inputs), 2)
-    return left(inputs, 1), start, positions, layer_inputs
+    return Prompt(left(inputs, 1), start, positions, layer_inputs)
 
 
 def prefill(
@@ -98,22 +192,9 @@ def prefill(
         raise ValueError(
             f"KV cache overflow: prompt {t} + {reserve} reserved slots exceed the cache length {cache.length}"
         )
-    limit = cache.length - reserve
-    inputs, start, positions, layer_inputs = prepare(
-        config, inputs, attention_mask, positions, layer_inputs, limit
-    )
-    logits, cache, hidden = _prefill(
-        params,
-        config,
-        inputs,
-        start,
-        positions,
-        layer_inputs,
-        cache,
-        tuple(hidden_layers),
-        sharding.current(),
-    )
-    return Step(logits, cache, {i: h[:, -t:] for i, h in hidden.items()})
+    prompt = prepare(config, inputs, attention_mask, positions, layer_inputs, cache.length - reserve)
+    step = run_prefill(TokenDecoder(config, tuple(hidden_layers)), params, prompt, cache)
+    return step._replace(hidden_states={i: h[:, -t:] for i, h in step.hidden_states.items()})
 
 
 def decode_step(
@@ -122,50 +203,5 @@ def decode_step(
     """One token per row (ids b, or embeddings b d) at slot cache.index and position cache.next_pos."""
     if int(cache.index) >= cache.length:
         raise ValueError(f"KV cache full: all {cache.length} slots are written")
-    tokens = jnp.asarray(tokens)
-    return Step(*_decode(params, config, tokens[:, None], cache, tuple(hidden_layers), sharding.current()))
-
-
-def _shard_out(logits: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
-    """Pin the outputs to the current mesh (identity without one)."""
-    logits = sharding.constrain(logits, ("batch", "act_vocab"))
-    kv = {f: sharding.constrain(getattr(cache, f), CACHE_AXES) for f in ("k", "v")}
-    return logits, dataclasses.replace(cache, **kv)
-
-
-def prefill_core(params, config, inputs, start, positions, layer_inputs, cache, hidden_layers=()):
-    """Prefill of an already bucketed prompt, traceable (used inside jitted loops)."""
-    fresh = dataclasses.replace(cache, start=start, index=jnp.zeros((), jnp.int32))
-    out, cache = forward(
-        params, config, inputs, positions=positions, cache=fresh, layer_inputs=layer_inputs,
-        hidden_layers=hidden_layers, logits="last",
-    )  # fmt: skip
-    t = inputs.shape[1]
-    last = (t - 1 - start).astype(jnp.float32) if positions is None else positions[..., -1]
-    cache = dataclasses.replace(cache, next_pos=(last.max(0) if last.ndim == 2 else last) + 1)
-    logits, cache = _shard_out(out.logits.astype(jnp.float32), cache)
-    return logits, cache, out.hidden_states
-
-
-@functools.partial(jax.jit, static_argnums=(1, 7, 8), donate_argnums=(6,))
-def _prefill(params, config, inputs, start, positions, layer_inputs, cache, hidden_layers, mesh_rules):
-    del mesh_rules  # a static key: traces under a mesh differ from traces without
-    return prefill_core(params, config, inputs, start, positions, layer_inputs, cache, hidden_layers)
-
-
-def decode_core(params, config, tokens, cache, hidden_layers=()):
-    """One decode step, traceable (used inside jitted loops). tokens: b 1 (ids) or b 1 d."""
-    out, cache = forward(
-        params, config, tokens, positions=cache.next_pos[:, None], cache=cache, hidden_layers=hidden_layers,
-        logits="last",
-    )  # fmt: skip
-    logits, cache = _shard_out(
-        out.logits.astype(jnp.float32), dataclasses.replace(cache, next_pos=cache.next_pos + 1)
-    )
-    return logits, cache, out.hidden_states
-
-
-@functools.partial(jax.jit, static_argnums=(1, 4, 5), donate_argnums=(3,))
-def _decode(params, config, tokens, cache, hidden_layers, mesh_rules):
-    del mesh_rules
-    return decode_core(params, config, tokens, cache, hidden_layers)
+    model = TokenDecoder(config, tuple(hidden_layers))
+    return run_step(model, params, jnp.asarray(tokens)[:, None], cache)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omni_jax.convert.keymap import CONV2D, Rule, hf_to_params
+from omni_jax.convert.keymap import CONV2D, Rule
 from omni_jax.models.audio_common import (
     LN_EPS,
     encoder_stack,
@@ -39,7 +39,6 @@ from omni_jax.nn.layers import (
     linear,
     linear_spec,
 )
-from omni_jax.parity import ParityCase
 
 CHUNK = 100  # mel frames per conv chunk (2 * n_window; transformers hard-codes the 13 tokens it yields)
 CHUNK_TOKENS = 13
@@ -220,30 +219,3 @@ def check_inputs(config: AuTConfig, features, lengths) -> np.ndarray:
 def pack(out: jax.Array, valid: jax.Array) -> np.ndarray:
     """Valid tokens of every audio, concatenated in order (transformers' output layout). -> N d."""
     return np.asarray(out)[np.asarray(valid)]
-
-
-# ---------------------------------------------------------------- parity with transformers
-
-
-def from_torch(module) -> tuple[AuTConfig, dict]:
-    config = AuTConfig.from_hf(module.config)
-    return config, hf_to_params(module.state_dict(), hf_rules(config), param_specs(config))
-
-
-def _run(module, input_features, feature_lens, **kwargs):
-    """Arguments as Qwen3OmniMoeAudioEncoder.forward takes them: (mel, sum T) audios end to end, lengths."""
-    import torch
-
-    config, params = from_torch(module)
-    with torch.no_grad():
-        ref = module(input_features, feature_lens, **kwargs).last_hidden_state
-    flat, lens = input_features.detach().numpy(), feature_lens.numpy().astype(np.int64)
-    if flat.ndim != 2 or lens.sum() != flat.shape[1]:
-        raise ValueError(f"input_features {flat.shape} must be (mel, sum of feature_lens = {lens.sum()})")
-    feats = np.zeros((len(lens), flat.shape[0], max(lens.max(), 1)), flat.dtype)
-    for i, (start, n) in enumerate(zip(np.cumsum(lens) - lens, lens, strict=True)):
-        feats[i, :, :n] = flat[:, start : start + n]
-    return ref.float().numpy(), pack(*encode(params, config, feats, lens))
-
-
-PARITY = {"Qwen3OmniMoeAudioEncoder": ParityCase(run=_run)}

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omni_jax.convert.keymap import CONV1D, CONV_TRANSPOSE1D, Rule, hf_to_params, linear_rules
+from omni_jax.convert.keymap import CONV1D, CONV_TRANSPOSE1D, Rule, linear_rules
 from omni_jax.nn.attention import attention
 from omni_jax.nn.layers import (
     activation,
@@ -44,7 +44,6 @@ from omni_jax.nn.layers import (
 from omni_jax.nn.moe import gated_mlp, gated_mlp_spec
 from omni_jax.nn.params import ParamSpec, stacked
 from omni_jax.nn.rope import apply_rope, rope_angles, rope_cos_sin, rope_inv_freq
-from omni_jax.parity import ParityCase
 
 SAMPLE_RATE = 24000
 KERNEL = 7  # every causal conv of Code2Wav except the residual units' 1x1
@@ -463,19 +462,3 @@ def _check_codes(config: Config, codes: Any) -> np.ndarray:
     if low < 0 or high >= config.codebook_size:
         raise ValueError(f"codes must lie in [0, {config.codebook_size}), got values in [{low}, {high}]")
     return codes.astype(np.int32)
-
-
-# ---------------------------------------------------------------- parity
-
-
-def _parity_forward(module: Any, codes: Any) -> tuple[np.ndarray, np.ndarray]:
-    import torch
-
-    config = Config.from_hf(module.config)
-    params = hf_to_params(module.state_dict(), hf_rules(config), param_specs(config))
-    with torch.no_grad():
-        reference = module(codes).float().numpy()[:, 0]
-    return reference, np.asarray(code2wav(params, config, codes.numpy()))
-
-
-PARITY = {"Qwen3OmniMoeCode2Wav": ParityCase(run=_parity_forward)}

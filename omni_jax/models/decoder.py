@@ -2,11 +2,11 @@
 interleaved MRoPE, deepstack inputs) and Talker (MoE + sigmoid-gated shared expert), as one pure function.
 
     config = Config.from_hf(hf_config)                # Qwen2 / Qwen3 / Qwen3-MoE / Qwen3-Omni text configs
-    params = hf_to_params(state, hf_rules(config), param_specs(config))
+    params = hf_to_params(state, hf_rules(config), param_specs(config))   # omni_jax.convert.keymap
     out, cache = forward(params, config, input_ids)   # out.logits: b t vocab
 
 `forward` takes token ids (b t) or embeddings (b t d), optional positions (b t, or 3 b t for MRoPE; 1-D RoPE
-is the case of equal rows), per-row left padding (`start`), an optional KV cache (omni_jax.inference.cache)
+is the case of equal rows), per-row left padding (`start`), an optional KV cache (omni_jax.nn.cache)
 that it writes at `cache.index`, additive per-layer inputs (deepstack, n b t d, added after layers 0..n-1) and
 the indices of hidden states to return (transformers' `hidden_states` numbering: 0 the embeddings, i the
 output of layer i-1 before deepstack, num_layers the final-normed output).
@@ -22,17 +22,15 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from omni_jax.convert.keymap import EXPERTS, LINEAR, Rule, hf_to_params
-from omni_jax.inference.cache import KVCache, left_pad_start
+from omni_jax.convert.keymap import EXPERTS, LINEAR, Rule
 from omni_jax.nn.attention import attention, cache_attention
+from omni_jax.nn.cache import KVCache
 from omni_jax.nn.layers import linear, linear_spec, rms_norm, rms_norm_spec
 from omni_jax.nn.moe import MOE_IMPLS, gated_mlp, gated_mlp_spec, moe, moe_spec
 from omni_jax.nn.packed import pack
 from omni_jax.nn.params import ParamSpec, stacked
 from omni_jax.nn.rope import apply_rope, mrope_angles, rope_angles, rope_cos_sin, rope_inv_freq
-from omni_jax.parity import LOGITS_ATOL, MODULE_ATOL, ParityCase
 from omni_jax.sharding import constrain
 
 ACT_AXES = ("batch", "length", "act_embed")
@@ -184,9 +182,8 @@ def param_specs(config: Config) -> dict:
 def hf_rules(config: Config, prefix: str = "") -> list[Rule]:
     """Keys of `{prefix}model.*` and `{prefix}lm_head.weight` (prefix "" for *ForCausalLM, "thinker." or
     "talker." inside Qwen3-Omni). Experts in the transformers-v5 fused layout (`mlp.experts.gate_up_proj`
-    (E, 2I, D), `down_proj` (E, D, I)); `omni_jax.convert.families.expert_layouts` adds the hub's per-expert
-    keys. With dense and MoE layers mixed, `{layer}` in the feed-forward keys counts layers of that kind
-    (`hf_state_to_params` renumbers)."""
+    (E, 2I, D), `down_proj` (E, D, I)); `omni_jax.convert.parts.expert_layouts` adds the hub's per-expert
+    keys. With dense and MoE layers mixed, each feed-forward rule lists the HF layer numbers of its stack."""
     body, layer = f"{prefix}model.", f"{prefix}model.layers.{{layer}}."
     rules = [
         Rule(f"{layer}input_layernorm.weight", "layers/input_norm/scale"),
@@ -201,22 +198,24 @@ def hf_rules(config: Config, prefix: str = "") -> list[Rule]:
         rules += [
             Rule(f"{layer}self_attn.{n}_norm.weight", f"layers/attn/{n}_norm/scale") for n in ("q", "k")
         ]
+    ffn = []
     if config.dense_layers:
-        rules += [
+        ffn += [
             Rule(f"{layer}mlp.{n}_proj.weight", f"mlp/{n}/kernel", LINEAR) for n in ("gate", "up", "down")
         ]
     if config.moe_layers:
-        rules += [
+        ffn += [
             Rule(f"{layer}mlp.gate.weight", "moe/router/kernel", LINEAR),
             Rule(f"{layer}mlp.experts.gate_up_proj", "moe/experts/gate_up", EXPERTS),
             Rule(f"{layer}mlp.experts.down_proj", "moe/experts/down", EXPERTS),
         ]
         if config.shared_expert_intermediate_size:
-            rules += [
+            ffn += [
                 Rule(f"{layer}mlp.shared_expert.{n}_proj.weight", f"moe/shared/{n}/kernel", LINEAR)
                 for n in ("gate", "up", "down")
             ]
-            rules.append(Rule(f"{layer}mlp.shared_expert_gate.weight", "moe/shared_gate/kernel", LINEAR))
+            ffn.append(Rule(f"{layer}mlp.shared_expert_gate.weight", "moe/shared_gate/kernel", LINEAR))
+    rules += [_stack_layers(rule, config) for rule in ffn]
     if config.embed:
         rules.append(Rule(f"{body}embed_tokens.weight", "embed/embedding"))
     if config.lm_head and not config.tie_word_embeddings:
@@ -224,24 +223,11 @@ def hf_rules(config: Config, prefix: str = "") -> list[Rule]:
     return rules
 
 
-def hf_state_to_params(state: dict, config: Config, prefix: str = "", dtype: Any = None) -> dict:
-    """An HF state dict (in-memory layout) to parameters; feed-forward keys of mixed dense/MoE models are
-    renumbered to their kind's stack index first."""
-    layer = f"{prefix}model.layers."
-    index = {
-        **{l: i for i, l in enumerate(config.moe_layers)},
-        **{l: i for i, l in enumerate(config.dense_layers)},
-    }
-
-    def rename(key: str) -> str:
-        if not key.startswith(layer) or ".mlp." not in key:
-            return key
-        n, rest = key[len(layer) :].split(".", 1)
-        return f"{layer}{index[int(n)]}.{rest}"
-
-    return hf_to_params(
-        {rename(k): v for k, v in state.items()}, hf_rules(config, prefix), param_specs(config), dtype
-    )
+def _stack_layers(rule: Rule, config: Config) -> Rule:
+    """Dense (`mlp/`) and MoE (`moe/`) feed-forwards are stacked apart: with both kinds, a rule's stack
+    index counts layers of its kind, so it names the HF layer numbers it covers."""
+    layers = config.moe_layers if rule.jax.startswith("moe/") else config.dense_layers
+    return rule if layers == tuple(range(len(layers))) else dataclasses.replace(rule, layers=layers)
 
 
 # ---------------------------------------------------------------- forward
@@ -330,23 +316,23 @@ def _attention(p: dict, config: Config, x, cos, sin, attend) -> tuple[jax.Array,
     return linear(p["o"], out.reshape(b, t, -1)), carry
 
 
-def _ffn(params: dict, config: Config, x: jax.Array, sparse: jax.Array, index: jax.Array) -> jax.Array:
-    """The MoE or dense MLP at `index` of its kind's stack (a cond when both kinds exist)."""
+def _ffn(params: dict, config: Config, x: jax.Array, sparse, stack_index) -> jax.Array:
+    """The MoE or dense MLP at `stack_index` of its kind's stack (a cond when both kinds exist)."""
 
-    def pick(tree):
-        if isinstance(tree, tuple):  # unstacked layout: `index` is a Python int
-            return tree[index]
-        return jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, index, keepdims=False), tree)
+    def take(stack):
+        if isinstance(stack, tuple):  # unstacked layout: `stack_index` is a Python int
+            return stack[stack_index]
+        return jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, stack_index, keepdims=False), stack)
 
     def run_moe(x):
-        p = pick(params["moe"])
+        p = take(params["moe"])
         return moe(
             p, x, top_k=config.num_experts_per_tok, norm_topk_prob=config.norm_topk_prob,
             act=config.hidden_act, impl=config.moe_impl,
         )  # fmt: skip
 
     def run_mlp(x):
-        return gated_mlp(pick(params["mlp"]), x, config.hidden_act)
+        return gated_mlp(take(params["mlp"]), x, config.hidden_act)
 
     if not config.dense_layers:
         return run_moe(x)
@@ -355,6 +341,41 @@ def _ffn(params: dict, config: Config, x: jax.Array, sparse: jax.Array, index: j
     if isinstance(sparse, bool):
         return run_moe(x) if sparse else run_mlp(x)
     return jax.lax.cond(sparse, run_moe, run_mlp, x)
+
+
+def _check_forward_args(config: Config, hidden_layers: tuple[int, ...], logits: str) -> None:
+    if logits not in ("all", "last", "none"):
+        raise ValueError(f"logits must be 'all', 'last' or 'none', got {logits!r}")
+    if logits != "none" and not config.lm_head:
+        raise ValueError("this decoder has no lm_head (it ends at the final norm): pass logits='none'")
+    if bad := [i for i in hidden_layers if not 0 <= i <= config.num_layers]:
+        raise ValueError(f"hidden_layers {bad} out of range 0..{config.num_layers}")
+
+
+def _slots_and_mask(t: int, start: jax.Array, cache: KVCache | None) -> tuple[jax.Array, jax.Array]:
+    """Cache slots of the chunk's t queries, and the causal, left-padding-aware key mask b t keys."""
+    index = jnp.zeros((), jnp.int32) if cache is None else cache.index
+    slots = index + jnp.arange(t)  # t
+    keys = jnp.arange(t if cache is None else cache.length)
+    mask = (keys[None, None, :] >= start[:, None, None]) & (keys[None, None, :] <= slots[None, :, None])
+    return slots, mask
+
+
+def _attend_fn(kv, layer, mask, start, cache: KVCache | None, t: int):
+    """attend(q, k, v) for one layer: writes k, v into the stacked cache (if any) and attends over it."""
+
+    def attend(q, k, v):
+        if kv is None:
+            return attention(q, k, v, mask=mask[:, None]), None
+        at = (layer, 0, cache.index, 0, 0)
+        k_all = jax.lax.dynamic_update_slice(kv[0], k[None].astype(kv[0].dtype), at)
+        v_all = jax.lax.dynamic_update_slice(kv[1], v[None].astype(kv[1].dtype), at)
+        if t == 1:  # decode: read the layer in place
+            return cache_attention(q, k_all, v_all, layer, start, cache.index + 1), (k_all, v_all)
+        k_l, v_l = k_all[layer].astype(q.dtype), v_all[layer].astype(q.dtype)
+        return attention(q, k_l, v_l, mask=mask[:, None]), (k_all, v_all)
+
+    return attend
 
 
 def forward(
@@ -373,189 +394,52 @@ def forward(
     start (b, int): first valid slot of each left-padded row (ignored with a cache, which carries it); with a
     cache the chunk is written at slots cache.index.. and attends to everything before it."""
     c = config
-    if logits not in ("all", "last", "none"):
-        raise ValueError(f"logits must be 'all', 'last' or 'none', got {logits!r}")
-    if logits != "none" and not c.lm_head:
-        raise ValueError("this decoder has no lm_head (it ends at the final norm): pass logits='none'")
-    if bad := [i for i in hidden_layers if not 0 <= i <= c.num_layers]:
-        raise ValueError(f"hidden_layers {bad} out of range 0..{c.num_layers}")
+    _check_forward_args(c, hidden_layers, logits)
     x = embed(params, c, inputs) if jnp.issubdtype(inputs.dtype, jnp.integer) else inputs
-    x = x.astype(params["norm"]["scale"].dtype)  # the activation dtype is the parameters'
-    x = constrain(x, ACT_AXES)
+    x = constrain(x.astype(params["norm"]["scale"].dtype), ACT_AXES)  # activations in the params' dtype
     b, t, _ = x.shape
-    index = jnp.zeros((), jnp.int32) if cache is None else cache.index
-    start = (jnp.zeros((b,), jnp.int32) if start is None else start) if cache is None else cache.start
-    slots = index + jnp.arange(t)
+    if cache is not None:
+        start = cache.start
+    elif start is None:
+        start = jnp.zeros((b,), jnp.int32)
+    slots, mask = _slots_and_mask(t, start, cache)
     if positions is None:
         positions = (slots[None, :] - start[:, None]).astype(jnp.float32)
     cos, sin = rope_tables(c, positions, x.dtype)
-    key_slots = jnp.arange(t if cache is None else cache.length)
-    mask = (key_slots[None, None, :] >= start[:, None, None]) & (
-        key_slots[None, None, :] <= slots[None, :, None]
-    )
+    stack_index = [(c.moe_layers if s else c.dense_layers).index(i) for i, s in enumerate(c.sparse_layers)]
+    kept = tuple(i for i in hidden_layers if 0 < i < c.num_layers)  # states taken between layers
 
-    sparse = jnp.asarray(c.sparse_layers)
-    kind = [(c.moe_layers if s else c.dense_layers).index(i) for i, s in enumerate(c.sparse_layers)]
-    kind_index = jnp.asarray(kind)
-    mid = tuple(i for i in hidden_layers if 0 < i < c.num_layers)
-
-    def body(carry, xs):
-        x, kv, picked = carry
-        p, l, is_sparse, fi = xs
-
-        def attend(q, k, v):
-            if kv is None:
-                return attention(q, k, v, mask=mask[:, None]), None
-            kc = jax.lax.dynamic_update_slice(kv[0], k[None].astype(kv[0].dtype), (l, 0, index, 0, 0))
-            vc = jax.lax.dynamic_update_slice(kv[1], v[None].astype(kv[1].dtype), (l, 0, index, 0, 0))
-            if t == 1:  # decode: read the layer in place
-                return cache_attention(q, kc, vc, l, start, index + 1), (kc, vc)
-            return attention(q, kc[l].astype(q.dtype), vc[l].astype(q.dtype), mask=mask[:, None]), (kc, vc)
-
+    def layer_step(carry, xs):
+        x, kv, states = carry
+        p, layer, sparse, ffn_index = xs
+        attend = _attend_fn(kv, layer, mask, start, cache, t)
         h, kv = _attention(p["attn"], c, rms_norm(p["input_norm"], x, c.rms_norm_eps), cos, sin, attend)
         x = x + h
-        x = x + _ffn(params, c, rms_norm(p["post_norm"], x, c.rms_norm_eps), is_sparse, fi)
-        picked = tuple(jnp.where(l == i - 1, x, s) for i, s in zip(mid, picked, strict=True))
-        if layer_inputs is not None:
+        x = x + _ffn(params, c, rms_norm(p["post_norm"], x, c.rms_norm_eps), sparse, ffn_index)
+        states = tuple(jnp.where(layer == i - 1, x, s) for i, s in zip(kept, states, strict=True))
+        if layer_inputs is not None:  # deepstack: added after layers 0..n-1
             n = layer_inputs.shape[0]
-            x = x + jnp.where(l < n, layer_inputs[jnp.minimum(l, n - 1)].astype(x.dtype), 0)
-        return (constrain(x, ACT_AXES), kv, picked), None
+            x = x + jnp.where(layer < n, layer_inputs[jnp.minimum(layer, n - 1)].astype(x.dtype), 0)
+        return (constrain(x, ACT_AXES), kv, states), None
 
-    kv0 = None if cache is None else (cache.k, cache.v)
-    x0 = x
-    carry = (x, kv0, tuple(x0 for _ in mid))
+    carry = (x, None if cache is None else (cache.k, cache.v), tuple(x for _ in kept))
     if isinstance(params["layers"], tuple):  # unstacked: one traced copy per layer, no weight slicing
-        for l, p in enumerate(params["layers"]):
-            carry, _ = body(carry, (p, l, c.sparse_layers[l], kind[l]))
+        for layer, p in enumerate(params["layers"]):
+            carry, _ = layer_step(carry, (p, layer, c.sparse_layers[layer], stack_index[layer]))
     else:
-        xs = (params["layers"], jnp.arange(c.num_layers), sparse, kind_index)
-        carry, _ = jax.lax.scan(body, carry, xs)
-    x, kv, picked = carry
-    hidden = rms_norm(params["norm"], x, c.rms_norm_eps)
-    states = {0: x0, c.num_layers: hidden, **dict(zip(mid, picked, strict=True))}
-    out_logits = None
-    if logits != "none":
-        out_logits = unembed(params, c, hidden if logits == "all" else hidden[:, -1])
+        xs = (
+            params["layers"],
+            jnp.arange(c.num_layers),
+            jnp.asarray(c.sparse_layers),
+            jnp.asarray(stack_index),
+        )
+        carry, _ = jax.lax.scan(layer_step, carry, xs)
+    out, kv, states = carry
+    hidden = rms_norm(params["norm"], out, c.rms_norm_eps)
+    states = {0: x, c.num_layers: hidden, **dict(zip(kept, states, strict=True))}
+    out_logits = (
+        None if logits == "none" else unembed(params, c, hidden if logits == "all" else hidden[:, -1])
+    )
     if cache is not None:
-        cache = dataclasses.replace(cache, k=kv[0], v=kv[1], index=index + t)
+        cache = dataclasses.replace(cache, k=kv[0], v=kv[1], index=cache.index + t)
     return Output(out_logits, hidden, {i: states[i] for i in hidden_layers}), cache
-
-
-# ---------------------------------------------------------------- parity
-
-
-def from_torch(module: Any, **overrides: Any) -> tuple[Config, dict]:
-    """Config and parameters of a transformers decoder module (its state dict, in-memory layout)."""
-    config = dataclasses.replace(Config.from_hf(module.config), **overrides)
-    state = dict(module.state_dict())
-    if config.tie_word_embeddings:
-        state.pop("lm_head.weight", None)  # the embedding itself, shared
-    if not any(k.startswith("model.") for k in state):  # a bare text model: keys without "model."
-        state = {f"model.{k}": v for k, v in state.items()}
-    return config, jax.tree.map(jnp.asarray, hf_state_to_params(state, config))
-
-
-def _causal_lm_case(module, input_ids, attention_mask=None, position_ids=None):
-    import torch
-
-    config, params = from_torch(module)
-    with torch.no_grad():
-        ref = module(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-    ids = jnp.asarray(input_ids.numpy())
-    start = None if attention_mask is None else jnp.asarray(left_pad_start(attention_mask.numpy(), ids.shape))
-    positions = None if position_ids is None else jnp.asarray(position_ids.numpy(), jnp.float32)
-    out, _ = forward(params, config, ids, positions=positions, start=start)
-    return masked_rows(ref.numpy(), np.asarray(out.logits), attention_mask)
-
-
-def _thinker_text_case(module, input_ids=None, position_ids=None, attention_mask=None, inputs_embeds=None):
-    """Qwen3OmniMoeThinkerTextModel: last_hidden_state, with 3-row positions."""
-    import torch
-
-    config, params = from_torch(module, lm_head=False)
-    with torch.no_grad():
-        ref = module(
-            input_ids=input_ids,
-            inputs_embeds=inputs_embeds,
-            position_ids=position_ids,
-            attention_mask=attention_mask,
-        ).last_hidden_state
-    inputs = jnp.asarray((input_ids if inputs_embeds is None else inputs_embeds).numpy())
-    start = (
-        None
-        if attention_mask is None
-        else jnp.asarray(left_pad_start(attention_mask.numpy(), inputs.shape[:2]))
-    )
-    positions = None if position_ids is None else jnp.asarray(position_ids.numpy(), jnp.float32)
-    if positions is not None and positions.ndim == 3 and positions.shape[0] == 4:
-        positions = positions[1:]  # row 0 is transformers' text positions (mask bookkeeping only)
-    out, _ = forward(params, config, inputs, positions=positions, start=start, logits="none")
-    return masked_rows(ref.numpy(), np.asarray(out.hidden), attention_mask)
-
-
-def masked_rows(reference: np.ndarray, ours: np.ndarray, attention_mask) -> tuple[np.ndarray, np.ndarray]:
-    """Zero the outputs of left-padding positions (unused garbage in both implementations); the mask may be a
-    numpy array or a CPU torch tensor."""
-    if attention_mask is None:
-        return reference, ours
-    keep = np.asarray(attention_mask).astype(bool)[..., None]
-    return np.where(keep, reference, 0), np.where(keep, ours, 0)
-
-
-PARITY = {
-    "Qwen2ForCausalLM": ParityCase(_causal_lm_case, LOGITS_ATOL),
-    "Qwen3ForCausalLM": ParityCase(_causal_lm_case, LOGITS_ATOL),
-    "Qwen3MoeForCausalLM": ParityCase(_causal_lm_case, LOGITS_ATOL),
-    "Qwen3OmniMoeThinkerTextModel": ParityCase(_thinker_text_case, MODULE_ATOL),
-}
-
-
-def generation_ids(generation_config) -> tuple[tuple[int, ...], int]:
-    """(EOS ids, pad id) of a transformers GenerationConfig (or its dict), with transformers' fallbacks."""
-    get = (
-        generation_config.get
-        if isinstance(generation_config, dict)
-        else lambda k: getattr(generation_config, k, None)
-    )
-    eos = get("eos_token_id")
-    eos = () if eos is None else (eos,) if isinstance(eos, int) else tuple(eos)
-    pad = get("pad_token_id")
-    return eos, pad if pad is not None else (eos[0] if eos else 0)
-
-
-def reference_generate(module, inputs: dict, max_new_tokens: int, eos, pad) -> np.ndarray:
-    """transformers' greedy new tokens (b n) for torch `inputs` (None values left out), same EOS / pad ids."""
-    import torch
-
-    given = {k: v for k, v in inputs.items() if v is not None}
-    with torch.no_grad():
-        out = module.generate(
-            **given, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-            eos_token_id=list(eos) or None, pad_token_id=pad,
-        )  # fmt: skip
-    return out[:, given["input_ids"].shape[1] :].numpy()
-
-
-def trim_to(reference: np.ndarray, ours: np.ndarray, pad: int) -> np.ndarray:
-    """Drop our all-pad columns past the reference's length (transformers stops once every row has ended)."""
-    ours = np.asarray(ours)
-    return ours[:, : reference.shape[1]] if (ours[:, reference.shape[1] :] == pad).all() else ours
-
-
-def _generate_case(module, input_ids, attention_mask, max_new_tokens):
-    """Greedy tokens (b n) of transformers' generate and of omni_jax.inference.generate, same EOS/pad ids."""
-    from omni_jax.inference.generate import generate
-
-    config, params = from_torch(module)
-    eos, pad = generation_ids(module.generation_config)
-    ref = reference_generate(
-        module, dict(input_ids=input_ids, attention_mask=attention_mask), max_new_tokens, eos, pad
-    )
-    ours = generate(
-        params, config, input_ids.numpy(), attention_mask=attention_mask.numpy(),
-        max_new_tokens=max_new_tokens, eos_ids=eos, pad_id=pad,
-    )  # fmt: skip
-    return ref, trim_to(ref, ours, pad)
-
-
-GENERATE = {name: _generate_case for name in ("Qwen2ForCausalLM", "Qwen3ForCausalLM", "Qwen3MoeForCausalLM")}

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omni_jax.convert.keymap import CONV1D, Rule, hf_to_params
+from omni_jax.convert.keymap import CONV1D, Rule
 from omni_jax.models.audio_common import (
     LN_EPS,
     encoder_stack,
@@ -27,7 +27,6 @@ from omni_jax.models.audio_common import (
 )
 from omni_jax.nn.layers import conv1d, conv1d_spec, layer_norm, layer_norm_spec
 from omni_jax.nn.params import ParamSpec
-from omni_jax.parity import ParityCase
 
 # model_type -> (pool, mask_keys, cast_input)
 _FLAVOURS = {
@@ -185,54 +184,3 @@ def check_inputs(config: WhisperEncoderConfig, features, frame_mask, param_dtype
             f"empty audio: frame_mask rows {np.flatnonzero(lengths == 0).tolist()} have no valid frame"
         )
     return lengths
-
-
-# ---------------------------------------------------------------- parity with transformers
-
-
-def from_torch(module) -> tuple[WhisperEncoderConfig, dict]:
-    """Config and float32 params of a live transformers encoder module."""
-    config = WhisperEncoderConfig.from_hf(module.config)
-    return config, hf_to_params(module.state_dict(), hf_rules(config), param_specs(config))
-
-
-def _key_lengths_from_4d(mask) -> np.ndarray:
-    """Valid-key count per row from the (b, 1, t, s) bool or additive mask Qwen2AudioModel passes; the mask
-    must be a key-padding prefix mask, the only kind HF builds."""
-    m = np.asarray(mask)
-    keep = m if m.dtype == bool else m == 0
-    keep = np.broadcast_to(keep, (m.shape[0], 1, m.shape[2], m.shape[3]))[:, 0]
-    keys = keep[:, 0]
-    lengths = keys.sum(-1)
-    if (
-        not (keep == keys[:, None]).all()
-        or not (keys == (np.arange(keys.shape[-1]) < lengths[:, None])).all()
-    ):
-        raise ValueError("only key-padding prefix masks (as Qwen2AudioModel builds) are supported")
-    return lengths
-
-
-def _run(module, input_features, attention_mask=None, input_features_mask=None, **kwargs):
-    import torch
-
-    config, params = from_torch(module)
-    with torch.no_grad():
-        if type(module).__name__ == "AudioFlamingo3Encoder":
-            ref = module(input_features, input_features_mask=input_features_mask, **kwargs).last_hidden_state
-        else:
-            ref = module(input_features, attention_mask=attention_mask, **kwargs).last_hidden_state
-    feats = input_features.detach().numpy()
-    if type(module).__name__ == "Qwen2AudioEncoder" and attention_mask is not None:
-        check_inputs(config, feats, None, feats.dtype)
-        ours = forward(
-            params, config, jnp.asarray(feats), jnp.asarray(_key_lengths_from_4d(attention_mask.numpy()))
-        )
-    else:
-        mask = None if input_features_mask is None else input_features_mask.numpy()
-        ours, _ = encode(params, config, feats, mask)
-    return ref.float().numpy(), np.asarray(ours, np.float32)
-
-
-PARITY = {
-    name: ParityCase(run=_run) for name in ("WhisperEncoder", "Qwen2AudioEncoder", "AudioFlamingo3Encoder")
-}

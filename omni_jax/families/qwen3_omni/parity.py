@@ -1,0 +1,150 @@
+"""Qwen3-Omni Thinker against transformers: logits and greedy tokens of
+Qwen3OmniMoeThinkerForConditionalGeneration, and the per-stage table of `python -m omni_jax.parity`
+(processor, features, audio encoder, fusion, positions, prefill logits, greedy tokens). The model stages
+get the reference processor's tensors on both sides, so each row measures one stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from omni_jax.families.qwen3_omni import pipeline
+from omni_jax.families.qwen3_omni import system as thinker
+from omni_jax.families.qwen3_omni.checkpoint import MAPS
+from omni_jax.families.qwen3_omni.positions import rope_index
+from omni_jax.inference.loop import stop_ids
+from omni_jax.models import aut_encoder
+from omni_jax.parity.core import (
+    LOGITS_ATOL,
+    MODULE_ATOL,
+    ParityCase,
+    ParityTable,
+    Report,
+    exact_report,
+    masked_rows,
+    numpy_inputs,
+    report,
+    trim_to,
+)
+from omni_jax.parity.reference import reference_generate
+from omni_jax.processing.common import feature_config
+from omni_jax.processing.tokenizer import load_chat_template
+
+
+def from_torch(module: Any) -> tuple[thinker.ThinkerConfig, dict]:
+    """Config and parameters of a transformers Qwen3OmniMoeThinkerForConditionalGeneration (its in-memory
+    keys: fused experts); the vision tower is left out."""
+    cmap = next(m for m in MAPS if m.model_type == "qwen3_omni_moe_thinker")
+    params = cmap.state_to_params(module.state_dict(), cmap.config(module.config.to_dict()))
+    return thinker.ThinkerConfig.from_hf(module.config), jax.tree.map(jnp.asarray, params)
+
+
+def _logits_case(module, input_ids, attention_mask=None, input_features=None, feature_attention_mask=None):
+    """Logits of every valid position (padded query rows zeroed on both sides)."""
+    import torch
+
+    config, params = from_torch(module)
+    inputs = numpy_inputs(dict(
+        input_ids=input_ids, attention_mask=attention_mask, input_features=input_features,
+        feature_attention_mask=feature_attention_mask,
+    ))  # fmt: skip
+    with torch.no_grad():
+        ref = module(**{k: torch.as_tensor(v) for k, v in inputs.items()}).logits.float().numpy()
+    ours = np.asarray(thinker.forward(params, config, inputs).logits)
+    return masked_rows(ref, ours, attention_mask)
+
+
+def _generate_case(module, input_ids, attention_mask, max_new_tokens, **audio):
+    """Greedy new tokens (b n) of transformers' generate and ours; EOS / pad from the generation config."""
+    config, params = from_torch(module)
+    eos, pad = stop_ids(module.generation_config)
+    given = dict(input_ids=input_ids, attention_mask=attention_mask, **audio)
+    ref = reference_generate(module, given, max_new_tokens, eos, pad)
+    ours = thinker.generate(
+        params, config, numpy_inputs(given), max_new_tokens=max_new_tokens, eos_ids=eos, pad_id=pad
+    )
+    return ref, trim_to(ref, ours, pad)
+
+
+def reference_processor(hf_dir):
+    """transformers' Qwen3OmniMoeProcessor for text + audio: its image and video processors (which need
+    torchvision) are left out."""
+    import transformers
+
+    hf_dir = Path(hf_dir)
+    _, features = feature_config(hf_dir)
+    with mock.patch.object(transformers.ProcessorMixin, "check_argument_for_proper_class", lambda *_: None):
+        return transformers.Qwen3OmniMoeProcessor(
+            image_processor=None,
+            video_processor=None,
+            feature_extractor=transformers.WhisperFeatureExtractor(**features),
+            tokenizer=transformers.AutoTokenizer.from_pretrained(hf_dir),
+            chat_template=load_chat_template(hf_dir),
+        )
+
+
+def stages(hf_dir, audios, prompts=None, *, max_new_tokens: int = 24) -> list[Report]:
+    """Per-stage comparison with transformers' Qwen3OmniMoeProcessor and the thinker of
+    Qwen3OmniMoeForConditionalGeneration loaded from `hf_dir` (float32): processor, features, audio encoder,
+    fusion, positions, prefill logits, greedy tokens."""
+    import torch
+    import transformers
+
+    model = transformers.Qwen3OmniMoeForConditionalGeneration.from_pretrained(
+        hf_dir, dtype=torch.float32, enable_audio_output=False
+    ).thinker.eval()
+    pipe = pipeline.load(hf_dir, dtype="float32")
+    chats = pipeline.conversations(audios, prompts)
+    ref = reference_processor(hf_dir).apply_chat_template(
+        chats, tokenize=True, add_generation_prompt=True, return_dict=True,
+        processor_kwargs={"padding": True, "return_tensors": "np"},
+    )  # fmt: skip
+    ref = {k: np.asarray(v) for k, v in ref.items()}
+    ours = pipe.prepare(audios, prompts)
+    exact = [k for k in ref if k != "input_features"]
+    reports = [
+        exact_report("prompt ids + masks", all(k in ours and np.array_equal(ours[k], ref[k]) for k in exact),
+               ref["input_ids"].shape),
+        report("features (log-mel)", ref["input_features"], ours["input_features"], MODULE_ATOL),
+    ]  # fmt: skip
+    batch = {k: torch.as_tensor(v) for k, v in ref.items()}
+    mask, lengths = ref["attention_mask"], ref["feature_attention_mask"].sum(1)
+    with torch.no_grad():
+        encoded = model.get_audio_features(
+            batch["input_features"], batch["feature_attention_mask"]
+        ).last_hidden_state
+        out = model(**batch, output_hidden_states=True)
+        ref_pos, _ = model.get_rope_index(
+            batch["input_ids"], None, None, batch["attention_mask"], False, torch.as_tensor(lengths)
+        )
+        new = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                             eos_token_id=list(pipe.eos_ids), pad_token_id=pipe.pad_id)  # fmt: skip
+    p, c = pipe.params, pipe.config
+    audio = aut_encoder.pack(*aut_encoder.encode(p["audio_encoder"], c.audio, ref["input_features"], lengths))
+    reports.append(report("audio encoder (AuT)", encoded.numpy(), audio, MODULE_ATOL))
+    prompt = thinker.prepare_prompt(p, c, ref)
+    embeds = masked_rows(out.hidden_states[0].numpy(), np.asarray(prompt.embeds), mask)
+    reports.append(report("fusion (input embeddings)", *embeds, MODULE_ATOL))
+    positions, _ = rope_index(c.tokens, ref["input_ids"], mask, audio_lengths=lengths)
+    positions = masked_rows(ref_pos.numpy().transpose(1, 2, 0), positions.transpose(1, 2, 0), mask)
+    reports.append(report("MRoPE positions", *positions, 0.0))
+    logits = masked_rows(out.logits.numpy(), np.asarray(thinker.forward(p, c, ref).logits), mask)
+    reports.append(report("prefill logits", *logits, LOGITS_ATOL))
+    reference = new[:, ref["input_ids"].shape[1] :].numpy()
+    tokens = pipe.generate(ref, max_new_tokens=max_new_tokens)
+    same = reference.shape == tokens.shape and np.array_equal(reference, tokens)
+    name = f"greedy tokens ({reference.shape[1]} new, {'identical' if same else 'DIFFERENT'})"
+    return [*reports, exact_report(name, same, reference.shape)]
+
+
+TABLE = ParityTable(
+    cases={"Qwen3OmniMoeThinkerForConditionalGeneration": ParityCase(_logits_case, LOGITS_ATOL)},
+    generate={"Qwen3OmniMoeThinkerForConditionalGeneration": _generate_case},
+    from_torch={"Qwen3OmniMoeThinkerForConditionalGeneration": from_torch},
+    stages=stages,
+)

@@ -1,0 +1,127 @@
+"""The parity core: tolerances, reports and the numpy helpers every comparison uses. Imports no model and
+no torch, so any module may import it."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+
+MODULE_ATOL = 1e-4
+LOGITS_ATOL = 1e-3
+
+
+@dataclasses.dataclass(frozen=True)
+class ParityCase:
+    """How to run one transformers class and its JAX counterpart on the same arguments.
+
+    run(torch_module, *args, **kwargs) -> (reference, ours), both numpy arrays of one shape."""
+
+    run: Callable[..., tuple[np.ndarray, np.ndarray]]
+    atol: float = MODULE_ATOL
+
+
+@dataclasses.dataclass(frozen=True)
+class ParityTable:
+    """What one family (or the components) can compare, by transformers class name."""
+
+    cases: dict[str, ParityCase]  # compare(module, ...)
+    generate: dict[str, Callable] = dataclasses.field(default_factory=dict)  # compare_generate(module, ...)
+    from_torch: dict[str, Callable] = dataclasses.field(default_factory=dict)  # module -> (config, params)
+    stages: Callable[..., list] | None = None  # (hf_dir, audios, prompts, *, max_new_tokens) -> [Report]
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    name: str
+    max_abs_diff: float
+    max_rel_diff: float
+    reference_shape: tuple[int, ...]
+    shape: tuple[int, ...]
+    atol: float
+
+    @property
+    def ok(self) -> bool:
+        return self.reference_shape == self.shape and self.max_abs_diff <= self.atol
+
+    def __str__(self) -> str:
+        verdict = "ok" if self.ok else "FAIL"
+        return (
+            f"{self.name}: max_abs={self.max_abs_diff:.3g} max_rel={self.max_rel_diff:.3g} "
+            f"shape={self.shape} (reference {self.reference_shape}) atol={self.atol:g} {verdict}"
+        )
+
+
+def report(name: str, reference: np.ndarray, ours: np.ndarray, atol: float) -> Report:
+    reference = np.asarray(reference, np.float64)
+    ours = np.asarray(ours, np.float64)
+    if reference.shape != ours.shape:
+        return Report(name, float("inf"), float("inf"), reference.shape, ours.shape, atol)
+    diff = np.abs(reference - ours)
+    max_abs = float(diff.max()) if diff.size else 0.0
+    max_rel = float((diff / np.maximum(np.abs(reference), 1e-6)).max()) if diff.size else 0.0
+    return Report(name, max_abs, max_rel, reference.shape, ours.shape, atol)
+
+
+def exact_report(name: str, same: bool, shape) -> Report:
+    """A report for values that must be equal (ids, masks, greedy tokens): difference 0 or inf."""
+    diff = 0.0 if same else float("inf")
+    return Report(name, diff, diff, tuple(shape), tuple(shape), 0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateReport:
+    """Greedy tokens of transformers' `generate` against ours, both b n (new tokens only)."""
+
+    name: str
+    reference: np.ndarray
+    ours: np.ndarray
+
+    @property
+    def first_divergence(self) -> tuple[int, int] | None:
+        """(row, step) of the earliest differing token, None when identical."""
+        if self.reference.shape != self.ours.shape:
+            return (0, min(self.reference.shape[1], self.ours.shape[1]))
+        rows, steps = np.nonzero(self.reference != self.ours)
+        if not len(steps):
+            return None
+        i = int(np.argmin(steps))
+        return int(rows[i]), int(steps[i])
+
+    @property
+    def ok(self) -> bool:
+        return self.first_divergence is None
+
+    def __str__(self) -> str:
+        where = self.first_divergence
+        verdict = (
+            "identical" if where is None else f"FAIL: first divergence at row {where[0]}, step {where[1]}"
+        )
+        return (
+            f"{self.name}: {self.reference.shape[1]} new tokens x {self.reference.shape[0]} rows, {verdict}"
+        )
+
+
+def numpy_inputs(inputs: dict) -> dict[str, np.ndarray]:
+    """Model inputs given as CPU torch tensors (or numpy arrays) -> numpy; None entries dropped."""
+    return {
+        k: v if isinstance(v, np.ndarray) else v.detach().cpu().numpy()
+        for k, v in inputs.items()
+        if v is not None
+    }
+
+
+def masked_rows(reference: np.ndarray, ours: np.ndarray, attention_mask) -> tuple[np.ndarray, np.ndarray]:
+    """Zero the outputs of left-padding positions (unused garbage in both implementations); the mask may be a
+    numpy array or a CPU torch tensor."""
+    if attention_mask is None:
+        return reference, ours
+    keep = np.asarray(attention_mask).astype(bool)[..., None]
+    return np.where(keep, reference, 0), np.where(keep, ours, 0)
+
+
+def trim_to(reference: np.ndarray, ours: np.ndarray, pad: int) -> np.ndarray:
+    """Drop our all-pad columns past the reference's length (transformers stops once every row has ended)."""
+    ours = np.asarray(ours)
+    return ours[:, : reference.shape[1]] if (ours[:, reference.shape[1] :] == pad).all() else ours

@@ -1,0 +1,1 @@
+"""Fixtures shared by the tests, the demo and the benchmarks: tiny tokenizers and checkpoints."""
