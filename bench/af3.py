@@ -28,6 +28,7 @@ from common import ROOT, row, run_configs  # noqa: E402
 from omni_jax import parity  # noqa: E402
 from omni_jax.families.audioflamingo3 import system as af3  # noqa: E402
 from omni_jax.families.audioflamingo3.pipeline import Pipeline  # noqa: E402
+from omni_jax.families.base import decode_layout  # noqa: E402
 from omni_jax.families.audioflamingo3.processor import AudioFlamingo3Processor  # noqa: E402
 
 TINY = json.loads((ROOT / "configs" / "tiny-audioflamingo3.json").read_text())
@@ -51,6 +52,7 @@ def models(hf_config: dict, folder: Path):
     torch.manual_seed(0)
     model = AudioFlamingo3ForConditionalGeneration(AudioFlamingo3Config.from_dict(hf_config)).eval()
     config, params = parity.from_torch(model)
+    params = {**params, "decoder": decode_layout(params["decoder"], config.decoder)}  # as load() / the CLI
     return model, Pipeline(config, params, AudioFlamingo3Processor.from_pretrained(folder), (), 0)
 
 
@@ -100,9 +102,10 @@ def measure(model, pipe, clips, repeats) -> list[dict]:
     (first_ours, extra_ours), (first_ref, extra_ref) = (
         paired(make(1), make(NEW), repeats) for make in timers(model, pipe, clips)
     )
-    rows = [row(f"first_token_b{b}", 1e3 * first_ours, 1e3 * first_ref, "ms")]
+    rows = [row(f"first_token_b{b} (pipeline layout, as the CLI)", 1e3 * first_ours, 1e3 * first_ref, "ms")]
     rate_ours, rate_ref = b * (NEW - 1) / extra_ours, b * (NEW - 1) / extra_ref
-    return rows + [row(f"decode_b{b}", rate_ours, rate_ref, "tok/s", higher_is_better=True)]
+    name = f"decode_b{b} (pipeline layout, as the CLI)"
+    return rows + [row(name, rate_ours, rate_ref, "tok/s", higher_is_better=True)]
 
 
 def measure_config(name: str, folder, speech, repeats: int) -> list[dict]:
