@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from einops import rearrange
 
 from omni_jax.convert.keymap import EXPERTS, LINEAR, Rule
 from omni_jax.nn.attention import attention, cache_attention
@@ -304,16 +305,13 @@ def rope_tables(config: Config, positions: jax.Array, dtype) -> tuple[jax.Array,
 
 def _attention(p: dict, config: Config, x, cos, sin, attend) -> tuple[jax.Array, Any]:
     """Self-attention of x (b t d); `attend(q, k, v)` stores k, v where they go and attends to them."""
-    b, t, _ = x.shape
-    q = linear(p["q"], x).reshape(b, t, config.num_heads, config.head_dim)
-    k = linear(p["k"], x).reshape(b, t, config.num_kv_heads, config.head_dim)
-    v = linear(p["v"], x).reshape(b, t, config.num_kv_heads, config.head_dim)
+    q, k, v = (rearrange(linear(p[n], x), "b t (h d) -> b t h d", d=config.head_dim) for n in "qkv")
     if config.qk_norm:
         q = rms_norm(p["q_norm"], q, config.rms_norm_eps)
         k = rms_norm(p["k_norm"], k, config.rms_norm_eps)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     out, carry = attend(q, k, v)
-    return linear(p["o"], out.reshape(b, t, -1)), carry
+    return linear(p["o"], rearrange(out, "b t h d -> b t (h d)")), carry
 
 
 def _ffn(params: dict, config: Config, x: jax.Array, sparse, stack_index) -> jax.Array:
