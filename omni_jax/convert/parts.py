@@ -97,9 +97,10 @@ class CheckpointMap:
     def rules(self, config: PartsConfig) -> list[Rule]:
         return [r for p in self._parts(config) for r in p.rules(config[p.name])]
 
-    def state_to_params(self, state: Mapping[str, Any], config: PartsConfig) -> dict:
-        """An in-memory state dict (torch tensors or arrays, hub or in-memory key names) -> parameters of
-        the parts in `config`; passthrough keys are left out."""
+    def state_to_params(self, state: Mapping[str, Any], hf_config: dict) -> dict:
+        """An in-memory state dict (torch tensors or arrays, hub or in-memory key names) and its HF config
+        dict -> parameters of every part; passthrough keys are left out."""
+        config = self.config(hf_config)
         keep = {k: v for k, v in state.items() if not any(re.match(p, k) for p in self.passthrough)}
         return hf_to_params(keep, self.rules(config), self.specs(config))
 

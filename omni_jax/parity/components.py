@@ -18,7 +18,7 @@ from omni_jax.parity.core import LOGITS_ATOL, MODULE_ATOL, ParityCase, ParityTab
 from omni_jax.parity.reference import reference_generate
 
 
-def state_to_params(module, model, config) -> dict:
+def _module_params(module, model, config) -> dict:
     """The state dict of a live module through `model`'s key map (in-memory layout) -> float32 params."""
     return hf_to_params(module.state_dict(), model.hf_rules(config), model.param_specs(config))
 
@@ -26,17 +26,17 @@ def state_to_params(module, model, config) -> dict:
 def whisper_encoder_from_torch(module) -> tuple[whisper_encoder.WhisperEncoderConfig, dict]:
     """A WhisperEncoder / Qwen2AudioEncoder / AudioFlamingo3Encoder."""
     config = whisper_encoder.WhisperEncoderConfig.from_hf(module.config)
-    return config, state_to_params(module, whisper_encoder, config)
+    return config, _module_params(module, whisper_encoder, config)
 
 
 def aut_from_torch(module) -> tuple[aut_encoder.AuTConfig, dict]:
     config = aut_encoder.AuTConfig.from_hf(module.config)
-    return config, state_to_params(module, aut_encoder, config)
+    return config, _module_params(module, aut_encoder, config)
 
 
 def code2wav_from_torch(module) -> tuple[code2wav.Config, dict]:
     config = code2wav.Config.from_hf(module.config)
-    return config, state_to_params(module, code2wav, config)
+    return config, _module_params(module, code2wav, config)
 
 
 def decoder_from_torch(module: Any, **overrides: Any) -> tuple[decoder.Config, dict]:

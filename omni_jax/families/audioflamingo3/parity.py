@@ -32,8 +32,7 @@ FEATURES_ATOL = MODULE_ATOL  # transformers' torch log-mel is float32 (see tests
 
 def from_torch(module) -> tuple[system.Config, dict]:
     """Config and float32 params of a live AudioFlamingo3ForConditionalGeneration (in-memory key names)."""
-    cmap = MAPS[0]
-    params = cmap.state_to_params(module.state_dict(), cmap.config(module.config.to_dict()))
+    params = MAPS[0].state_to_params(module.state_dict(), module.config.to_dict())
     return system.Config.from_hf(module.config), jax.tree.map(jnp.asarray, params)
 
 

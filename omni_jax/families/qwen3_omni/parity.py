@@ -40,7 +40,7 @@ def from_torch(module: Any) -> tuple[thinker.ThinkerConfig, dict]:
     """Config and parameters of a transformers Qwen3OmniMoeThinkerForConditionalGeneration (its in-memory
     keys: fused experts); the vision tower is left out."""
     cmap = next(m for m in MAPS if m.model_type == "qwen3_omni_moe_thinker")
-    params = cmap.state_to_params(module.state_dict(), cmap.config(module.config.to_dict()))
+    params = cmap.state_to_params(module.state_dict(), module.config.to_dict())
     return thinker.ThinkerConfig.from_hf(module.config), jax.tree.map(jnp.asarray, params)
 
 

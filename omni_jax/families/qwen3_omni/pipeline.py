@@ -63,7 +63,7 @@ class Pipeline(BasePipeline):
         return ids[:, :steps]
 
 
-def stop_ids(path: Path, hf_config: dict) -> tuple[tuple[int, ...], int]:
+def thinker_stop_ids(path: Path, hf_config: dict) -> tuple[tuple[int, ...], int]:
     """(EOS ids, pad id): `<|im_end|>` as transformers' Qwen3-Omni generate; pad from generation_config.json,
     else the EOS (transformers' fallback)."""
     eos = int(hf_config.get("im_end_token_id", IM_END))
@@ -80,4 +80,6 @@ def load(path, *, dtype=None) -> Pipeline:
         "audio_encoder": params["audio_encoder"],
         "thinker": decode_layout(params["thinker"], config.text),
     }
-    return Pipeline(config, params, Qwen3OmniProcessor.from_pretrained(path), *stop_ids(path, hf_config))
+    return Pipeline(
+        config, params, Qwen3OmniProcessor.from_pretrained(path), *thinker_stop_ids(path, hf_config)
+    )
