@@ -28,8 +28,8 @@ from common import ROOT, row, run_configs  # noqa: E402
 from omni_jax import parity  # noqa: E402
 from omni_jax.families.audioflamingo3 import system as af3  # noqa: E402
 from omni_jax.families.audioflamingo3.pipeline import Pipeline  # noqa: E402
-from omni_jax.families.base import decode_layout  # noqa: E402
 from omni_jax.families.audioflamingo3.processor import AudioFlamingo3Processor  # noqa: E402
+from omni_jax.families.base import decode_layout  # noqa: E402
 
 TINY = json.loads((ROOT / "configs" / "tiny-audioflamingo3.json").read_text())
 AUDIO_50M = dict(hidden_size=384, num_hidden_layers=4, num_attention_heads=6, intermediate_size=1536)
