@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -25,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from omni_jax.convert.keymap import CONV1D, CONV_TRANSPOSE1D, Rule, linear_rules
+from omni_jax.models.audio_common import hf_get, sub_config
 from omni_jax.nn.attention import attention
 from omni_jax.nn.layers import (
     activation,
@@ -50,6 +50,11 @@ KERNEL = 7  # every causal conv of Code2Wav except the residual units' 1x1
 DILATIONS = (1, 3, 9)  # residual units of each decoder block
 CONVNEXT_EPS = 1e-6
 CONVNEXT_GAMMA = 1e-6  # init of the ConvNeXt gamma
+_HF_NAMES = {
+    "num_layers": "num_hidden_layers",
+    "num_heads": "num_attention_heads",
+    "num_kv_heads": "num_key_value_heads",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,36 +82,16 @@ class Config:
     @classmethod
     def from_hf(cls, hf_config: Any) -> Config:
         """From a Qwen3OmniMoeCode2WavConfig, a full Qwen3OmniMoeConfig, or either as a dict."""
-        cfg = _as_dict(hf_config)
-        cfg = _as_dict(cfg["code2wav_config"]) if "code2wav_config" in cfg else cfg
-        rope = cfg.get("rope_parameters") or {}
+        cfg = sub_config(hf_config, "code2wav_config")
+        rope = hf_get(cfg, "rope_parameters", default={})
         if rope.get("rope_type", "default") != "default":
             raise ValueError(f"Code2Wav supports only default RoPE, got rope_type {rope['rope_type']!r}")
-        d = cls()
-
-        def get(key, default):
-            return default if cfg.get(key) is None else cfg[key]
-
-        hidden, heads = get("hidden_size", d.hidden_size), get("num_attention_heads", d.num_heads)
-        return cls(
-            codebook_size=get("codebook_size", d.codebook_size),
-            num_quantizers=get("num_quantizers", d.num_quantizers),
-            hidden_size=hidden,
-            intermediate_size=get("intermediate_size", d.intermediate_size),
-            num_layers=get("num_hidden_layers", d.num_layers),
-            num_heads=heads,
-            num_kv_heads=get("num_key_value_heads", d.num_kv_heads),
-            head_dim=get("head_dim", hidden // heads),
-            sliding_window=get("sliding_window", d.sliding_window),
-            rope_theta=float(rope.get("rope_theta", get("rope_theta", d.rope_theta))),
-            rms_norm_eps=get("rms_norm_eps", d.rms_norm_eps),
-            attention_bias=get("attention_bias", d.attention_bias),
-            hidden_act=get("hidden_act", d.hidden_act),
-            layer_scale_initial_scale=get("layer_scale_initial_scale", d.layer_scale_initial_scale),
-            upsampling_ratios=tuple(get("upsampling_ratios", d.upsampling_ratios)),
-            upsample_rates=tuple(get("upsample_rates", d.upsample_rates)),
-            decoder_dim=get("decoder_dim", d.decoder_dim),
-        )
+        fields = {f.name: f.default for f in dataclasses.fields(cls)}
+        values = {name: hf_get(cfg, _HF_NAMES.get(name, name), default=d) for name, d in fields.items()}
+        values["head_dim"] = hf_get(cfg, "head_dim", default=values["hidden_size"] // values["num_heads"])
+        values["rope_theta"] = float(rope.get("rope_theta", values["rope_theta"]))
+        tuples = ("upsampling_ratios", "upsample_rates")
+        return cls(**values | {name: tuple(values[name]) for name in tuples})
 
     @property
     def total_upsample(self) -> int:
@@ -117,10 +102,6 @@ class Config:
     def decoder_channels(self) -> tuple[int, ...]:
         """Channels entering each decoder block, then after the last one (1536 ... 96 released)."""
         return tuple(self.decoder_dim // 2**i for i in range(len(self.upsample_rates) + 1))
-
-
-def _as_dict(cfg: Any) -> dict:
-    return dict(cfg) if isinstance(cfg, Mapping) else cfg.to_dict()
 
 
 def output_length(config: Config, frames: int) -> int:

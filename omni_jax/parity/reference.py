@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from omni_jax.inference.loop import stop_ids
+from omni_jax.parity.core import numpy_inputs, trim_to
+
 
 def randomize(module, seed: int = 1234, scale: float = 0.1):
     """Re-draw every parameter (default inits are too flat to exercise biases and norms): norm weights
@@ -32,6 +35,24 @@ def reference_generate(module, inputs: dict, max_new_tokens: int, eos, pad) -> n
             eos_token_id=list(eos) or None, pad_token_id=pad,
         )  # fmt: skip
     return out[:, given["input_ids"].shape[1] :].numpy()
+
+
+def generate_case(from_torch, generate):
+    """A parity table's generate case for a system: `case(module, input_ids, attention_mask, max_new_tokens,
+    **inputs)` -> greedy new tokens (b n) of transformers' generate and of `generate(params, config, inputs,
+    ...)` on the module's weights, with the EOS / pad ids of its generation config."""
+
+    def case(module, input_ids, attention_mask, max_new_tokens, **inputs):
+        config, params = from_torch(module)
+        eos, pad = stop_ids(module.generation_config)
+        given = dict(input_ids=input_ids, attention_mask=attention_mask, **inputs)
+        reference = reference_generate(module, given, max_new_tokens, eos, pad)
+        ours = generate(
+            params, config, numpy_inputs(given), max_new_tokens=max_new_tokens, eos_ids=eos, pad_id=pad
+        )
+        return reference, trim_to(reference, ours, pad)
+
+    return case
 
 
 def whisper_features_reference(

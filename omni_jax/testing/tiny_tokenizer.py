@@ -39,68 +39,13 @@ QWEN2_PLAIN_TOKENS = (
 ).split()
 QWEN3_PLAIN_TOKENS = "<tool_response> </tool_response> <think> </think>".split()  # 151665 ... 151668
 
-# Per model type: extra special tokens {id: token}, named tokens, model-specific named tokens.
+# Per model type, in tokenizer_files/<model_type>/: tokens.json (extra special tokens {id: token}, plain
+# tokens, named tokens, model-specific named tokens), the chat template and processor_config.json.
 # AF3: <sound> 151669, bos 151670, pad 151671 (spec audioflamingo3.md §1.3; the bos/pad strings are ours).
-# Qwen3-Omni: spec qwen3_omni_vision_processing.md §6.2.
-FLAVOURS = {
-    "audioflamingo3": {
-        "extra": {151669: "<sound>", 151670: "[BOS]", 151671: "[PAD]"},
-        "plain": [],
-        "named": {"bos_token": "[BOS]", "eos_token": "<|im_end|>", "pad_token": "[PAD]"},
-        "model_specific": {},
-    },
-    "qwen3_omni_moe": {
-        "extra": {
-            151669: "<|audio_start|>",
-            151670: "<|audio_end|>",
-            151671: "<tts_pad>",
-            151672: "<tts_text_bos>",
-            151673: "<tts_text_eod>",
-            151674: "<tts_text_bos_single>",
-            151675: "<|audio_pad|>",
-        },
-        "plain": QWEN3_PLAIN_TOKENS,
-        "named": {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
-        "model_specific": {
-            "image_token": "<|image_pad|>",
-            "audio_token": "<|audio_pad|>",
-            "video_token": "<|video_pad|>",
-            "vision_bos_token": "<|vision_start|>",
-            "vision_eos_token": "<|vision_end|>",
-            "audio_bos_token": "<|audio_start|>",
-            "audio_eos_token": "<|audio_end|>",
-        },
-    },
-}
-
-# AF3's processor template (as its conversion script writes it): <sound> first, then the text items joined.
-AF3_TEMPLATE = (
-    "{% if messages[0]['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "{% for m in messages if m['content'] is not none %}<|im_start|>{{ m['role'] }}\n"
-    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
-    "{% set audio = namespace(found=False) %}{% set text_buf = namespace(v='') %}"
-    "{% for c in m['content'] %}"
-    "{% if c.get('type') == 'audio' or 'audio' in c %}{% set audio.found = True %}"
-    "{% elif c.get('type') == 'text' or 'text' in c %}"
-    "{% set text_buf.v = text_buf.v + c['text'] %}{% endif %}"
-    "{% endfor %}{% if audio.found %}{{ '<sound>' }}{% endif %}{{ text_buf.v }}{% endif %}"
-    "<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-# ChatML with Qwen3-Omni's placeholder blocks, items rendered in their order, no default system turn.
-QWEN3_OMNI_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
-    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
-    "{% if c['type'] == 'image' or 'image' in c or 'image_url' in c %}"
-    "<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif c['type'] == 'audio' or 'audio' in c or 'audio_url' in c %}"
-    "<|audio_start|><|audio_pad|><|audio_end|>"
-    "{% elif c['type'] == 'video' or 'video' in c %}<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in c %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-TEMPLATES = {"audioflamingo3": AF3_TEMPLATE, "qwen3_omni_moe": QWEN3_OMNI_TEMPLATE}
+# Qwen3-Omni: spec qwen3_omni_vision_processing.md §6.2. AF3's template is the one its conversion script
+# writes (<sound> first, then the text items joined); Qwen3-Omni's is ChatML with its placeholder blocks.
+FILES = Path(__file__).with_name("tokenizer_files")
+MODEL_TYPES = tuple(sorted(d.name for d in FILES.iterdir() if d.is_dir()))
 
 CORPUS = (
     "You are a helpful assistant.",
@@ -112,62 +57,22 @@ CORPUS = (
     "system user assistant: yes, no, maybe. Thank you very much.",
 )
 
-WHISPER_FEATURES = {
-    "feature_extractor_type": "WhisperFeatureExtractor",
-    "feature_size": 128,
-    "sampling_rate": 16000,
-    "hop_length": 160,
-    "n_fft": 400,
-    "padding_value": 0.0,
-    "padding_side": "right",
-    "dither": 0.0,
-    "return_attention_mask": True,
-}
-QWEN_VISION = {
-    "patch_size": 16,
-    "temporal_patch_size": 2,
-    "merge_size": 2,
-    "image_mean": [0.5, 0.5, 0.5],
-    "image_std": [0.5, 0.5, 0.5],
-    "min_pixels": 3136,
-    "max_pixels": 12845056,
-}
-PROCESSOR_CONFIGS = {
-    "audioflamingo3": {
-        "processor_class": "AudioFlamingo3Processor",
-        "audio_token": "<sound>",
-        "default_transcription_prompt": "Transcribe the input speech.",
-        "max_audio_len": 600,
-        "feature_extractor": {
-            **WHISPER_FEATURES,
-            "chunk_length": 30,
-            "n_samples": 480000,
-            "nb_max_frames": 3000,
-        },
-    },
-    "qwen3_omni_moe": {
-        "processor_class": "Qwen3OmniMoeProcessor",
-        "feature_extractor": {
-            **WHISPER_FEATURES,
-            "chunk_length": 300,
-            "n_samples": 4800000,
-            "nb_max_frames": 30000,
-        },
-        "image_processor": {**QWEN_VISION, "image_processor_type": "Qwen2VLImageProcessor"},
-        "video_processor": {**QWEN_VISION, "video_processor_type": "Qwen2VLVideoProcessor"},
-    },
-}
+
+def _flavour(model_type: str) -> dict:
+    """tokens.json of `model_type`, its extra ids as ints."""
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"model_type must be one of {list(MODEL_TYPES)}, got {model_type!r}")
+    flavour = json.loads((FILES / model_type / "tokens.json").read_text())
+    return flavour | {"extra": {int(i): t for i, t in flavour["extra"].items()}}
 
 
-def _check_model_type(model_type: str) -> dict:
-    if model_type not in FLAVOURS:
-        raise ValueError(f"model_type must be one of {sorted(FLAVOURS)}, got {model_type!r}")
-    return FLAVOURS[model_type]
+def _file(model_type: str, name: str) -> str:
+    return (FILES / model_type / name).read_text(encoding="utf-8")
 
 
 def special_tokens(model_type: str) -> dict[str, tuple[int, bool]]:
     """token -> (real id, special?) for the model's added tokens."""
-    flavour = _check_model_type(model_type)
+    flavour = _flavour(model_type)
     qwen = [(t, True) for t in QWEN2_TOKENS] + [(t, False) for t in QWEN2_PLAIN_TOKENS + flavour["plain"]]
     tokens = {t: (FIRST_SPECIAL_ID + i, special) for i, (t, special) in enumerate(qwen)}
     return tokens | {t: (i, True) for i, t in flavour["extra"].items()}
@@ -203,7 +108,7 @@ def build_tokenizer(model_type: str, vocab_size: int = 512) -> Tokenizer:
 
 
 def _tokenizer_config(model_type: str) -> dict:
-    flavour = FLAVOURS[model_type]
+    flavour = _flavour(model_type)
     added = {
         str(i): {
             "content": t,
@@ -217,7 +122,7 @@ def _tokenizer_config(model_type: str) -> dict:
     }
     return {
         "tokenizer_class": "Qwen2Tokenizer",
-        "processor_class": PROCESSOR_CONFIGS[model_type]["processor_class"],
+        "processor_class": json.loads(_file(model_type, "processor_config.json"))["processor_class"],
         "added_tokens_decoder": added,
         "bos_token": None,
         "unk_token": None,
@@ -227,23 +132,23 @@ def _tokenizer_config(model_type: str) -> dict:
         "clean_up_tokenization_spaces": False,
         "split_special_tokens": False,
         "errors": "replace",
-        "chat_template": TEMPLATES[model_type],
+        "chat_template": _file(model_type, "chat_template.jinja"),
     }
 
 
 def save_tokenizer_files(folder: str | Path, model_type: str) -> Path:
     """Write tokenizer.json, tokenizer_config.json (with the chat template), special_tokens_map.json,
     chat_template.jinja and processor_config.json for `model_type` ("audioflamingo3" or "qwen3_omni_moe")."""
-    flavour = _check_model_type(model_type)
+    flavour = _flavour(model_type)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     build_tokenizer(model_type).save(str(folder / "tokenizer.json"))
     files = {
         "tokenizer_config.json": _tokenizer_config(model_type),
         "special_tokens_map.json": flavour["named"] | flavour["model_specific"],
-        "processor_config.json": PROCESSOR_CONFIGS[model_type],
     }
     for name, content in files.items():
         (folder / name).write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    (folder / "chat_template.jinja").write_text(TEMPLATES[model_type], encoding="utf-8")
+    for name in ("processor_config.json", "chat_template.jinja"):
+        (folder / name).write_text(_file(model_type, name), encoding="utf-8")
     return folder

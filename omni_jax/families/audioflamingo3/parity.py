@@ -11,23 +11,11 @@ import numpy as np
 
 from omni_jax.families.audioflamingo3 import pipeline, system
 from omni_jax.families.audioflamingo3.checkpoint import MAPS
-from omni_jax.inference.loop import stop_ids
 from omni_jax.models import projector, whisper_encoder
-from omni_jax.parity.core import (
-    LOGITS_ATOL,
-    MODULE_ATOL,
-    ParityCase,
-    ParityTable,
-    Report,
-    exact_report,
-    masked_rows,
-    numpy_inputs,
-    report,
-    trim_to,
-)
-from omni_jax.parity.reference import reference_generate
+from omni_jax.parity import core
+from omni_jax.parity.reference import generate_case
 
-FEATURES_ATOL = MODULE_ATOL  # transformers' torch log-mel is float32 (see tests/test_processors.py)
+FEATURES_ATOL = core.MODULE_ATOL  # transformers' torch log-mel is float32 (see tests/test_processors.py)
 
 
 def from_torch(module) -> tuple[system.Config, dict]:
@@ -44,24 +32,9 @@ def _logits_case(module, input_ids, input_features=None, input_features_mask=Non
                   attention_mask=attention_mask)  # fmt: skip
     with torch.no_grad():
         reference = module(**inputs).logits.float().numpy()
-    inputs = numpy_inputs(inputs)
+    inputs = core.numpy_inputs(inputs)
     ours = np.asarray(system.logits(params, config, inputs))
-    return masked_rows(reference, ours, inputs.get("attention_mask"))
-
-
-def _generate_case(
-    module, input_ids, attention_mask, max_new_tokens, input_features=None, input_features_mask=None
-):
-    """Greedy new tokens (b n) of transformers' generate and ours, same inputs and EOS / pad ids."""
-    config, params = from_torch(module)
-    eos, pad = stop_ids(module.generation_config)
-    inputs = dict(input_ids=input_ids, attention_mask=attention_mask, input_features=input_features,
-                  input_features_mask=input_features_mask)  # fmt: skip
-    reference = reference_generate(module, inputs, max_new_tokens, eos, pad)
-    ours = system.generate(
-        params, config, numpy_inputs(inputs), max_new_tokens=max_new_tokens, eos_ids=eos, pad_id=pad
-    )
-    return reference, trim_to(reference, ours, pad)
+    return core.masked_rows(reference, ours, inputs.get("attention_mask"))
 
 
 def _reference(model, batch, *, max_new_tokens: int, eos_ids, pad_id) -> dict[str, np.ndarray]:
@@ -81,7 +54,7 @@ def _reference(model, batch, *, max_new_tokens: int, eos_ids, pad_id) -> dict[st
     return {k: v.numpy() for k, v in out.items()}
 
 
-def stages(hf_dir, audios, prompts=None, *, max_new_tokens: int = 24) -> list[Report]:
+def stages(hf_dir, audios, prompts=None, *, max_new_tokens: int = 24) -> list[core.Report]:
     """Per-stage comparison with transformers' AudioFlamingo3Processor and ...ForConditionalGeneration loaded
     from `hf_dir` (float32): features, encoder, projector, prefill logits, greedy tokens."""
     import torch
@@ -91,7 +64,7 @@ def stages(hf_dir, audios, prompts=None, *, max_new_tokens: int = 24) -> list[Re
     model = transformers.AudioFlamingo3ForConditionalGeneration.from_pretrained(hf_dir, dtype=torch.float32)
     pipe = pipeline.load(hf_dir, dtype="float32")
     batch = processor.apply_transcription_request([np.asarray(a, np.float32) for a in audios], prompt=prompts)
-    ref, ours = numpy_inputs(dict(batch)), pipe.prepare(audios, prompts)
+    ref, ours = core.numpy_inputs(dict(batch)), pipe.prepare(audios, prompts)
     same = all(k in ours and np.array_equal(ours[k], ref[k]) for k in ref if k != "input_features")
     out = _reference(
         model.eval(), batch, max_new_tokens=max_new_tokens, eos_ids=pipe.eos_ids, pad_id=pipe.pad_id
@@ -101,25 +74,25 @@ def stages(hf_dir, audios, prompts=None, *, max_new_tokens: int = 24) -> list[Re
         params["encoder"], config.encoder, ref["input_features"], ref["input_features_mask"]
     )
     projected = projector.forward(params["projector"], config.projector, jax.numpy.asarray(out["encoder"]))
-    logits = masked_rows(out["logits"], system.logits(params, config, ref), ref["attention_mask"])
-    tokens = trim_to(out["tokens"], pipe.generate(ref, max_new_tokens=max_new_tokens), pipe.pad_id)
+    logits = core.masked_rows(out["logits"], system.logits(params, config, ref), ref["attention_mask"])
+    tokens = core.trim_to(out["tokens"], pipe.generate(ref, max_new_tokens=max_new_tokens), pipe.pad_id)
     identical = tokens.shape == out["tokens"].shape and np.array_equal(tokens, out["tokens"])
     verdict = "identical" if identical else "DIFFERENT"
     return [
-        exact_report("prompt ids + masks", same, ref["input_ids"].shape),
-        report("features (log-mel)", ref["input_features"], ours["input_features"], FEATURES_ATOL),
-        report("encoder", out["encoder"], np.asarray(hidden), MODULE_ATOL),
-        report("projector", out["projector"], np.asarray(projected), MODULE_ATOL),
-        report("prefill logits", *logits, LOGITS_ATOL),
-        exact_report(
+        core.exact_report("prompt ids + masks", same, ref["input_ids"].shape),
+        core.report("features (log-mel)", ref["input_features"], ours["input_features"], FEATURES_ATOL),
+        core.report("encoder", out["encoder"], np.asarray(hidden), core.MODULE_ATOL),
+        core.report("projector", out["projector"], np.asarray(projected), core.MODULE_ATOL),
+        core.report("prefill logits", *logits, core.LOGITS_ATOL),
+        core.exact_report(
             f"greedy tokens ({out['tokens'].shape[1]} new, {verdict})", identical, out["tokens"].shape
         ),
     ]
 
 
-TABLE = ParityTable(
-    cases={"AudioFlamingo3ForConditionalGeneration": ParityCase(_logits_case, LOGITS_ATOL)},
-    generate={"AudioFlamingo3ForConditionalGeneration": _generate_case},
+TABLE = core.ParityTable(
+    cases={"AudioFlamingo3ForConditionalGeneration": core.ParityCase(_logits_case, core.LOGITS_ATOL)},
+    generate={"AudioFlamingo3ForConditionalGeneration": generate_case(from_torch, system.generate)},
     from_torch={"AudioFlamingo3ForConditionalGeneration": from_torch},
     stages=stages,
 )

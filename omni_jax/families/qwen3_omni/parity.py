@@ -17,21 +17,9 @@ from omni_jax.families.qwen3_omni import pipeline
 from omni_jax.families.qwen3_omni import system as thinker
 from omni_jax.families.qwen3_omni.checkpoint import MAPS
 from omni_jax.families.qwen3_omni.positions import rope_index
-from omni_jax.inference.loop import stop_ids
 from omni_jax.models import aut_encoder
-from omni_jax.parity.core import (
-    LOGITS_ATOL,
-    MODULE_ATOL,
-    ParityCase,
-    ParityTable,
-    Report,
-    exact_report,
-    masked_rows,
-    numpy_inputs,
-    report,
-    trim_to,
-)
-from omni_jax.parity.reference import reference_generate
+from omni_jax.parity import core
+from omni_jax.parity.reference import generate_case
 from omni_jax.processing.common import feature_config
 from omni_jax.processing.tokenizer import load_chat_template
 
@@ -49,26 +37,14 @@ def _logits_case(module, input_ids, attention_mask=None, input_features=None, fe
     import torch
 
     config, params = from_torch(module)
-    inputs = numpy_inputs(dict(
+    inputs = core.numpy_inputs(dict(
         input_ids=input_ids, attention_mask=attention_mask, input_features=input_features,
         feature_attention_mask=feature_attention_mask,
     ))  # fmt: skip
     with torch.no_grad():
         ref = module(**{k: torch.as_tensor(v) for k, v in inputs.items()}).logits.float().numpy()
     ours = np.asarray(thinker.forward(params, config, inputs).logits)
-    return masked_rows(ref, ours, attention_mask)
-
-
-def _generate_case(module, input_ids, attention_mask, max_new_tokens, **audio):
-    """Greedy new tokens (b n) of transformers' generate and ours; EOS / pad from the generation config."""
-    config, params = from_torch(module)
-    eos, pad = stop_ids(module.generation_config)
-    given = dict(input_ids=input_ids, attention_mask=attention_mask, **audio)
-    ref = reference_generate(module, given, max_new_tokens, eos, pad)
-    ours = thinker.generate(
-        params, config, numpy_inputs(given), max_new_tokens=max_new_tokens, eos_ids=eos, pad_id=pad
-    )
-    return ref, trim_to(ref, ours, pad)
+    return core.masked_rows(ref, ours, attention_mask)
 
 
 def reference_processor(hf_dir):
@@ -88,7 +64,7 @@ def reference_processor(hf_dir):
         )
 
 
-def stages(hf_dir, audios, prompts=None, *, max_new_tokens: int = 24) -> list[Report]:
+def stages(hf_dir, audios, prompts=None, *, max_new_tokens: int = 24) -> list[core.Report]:
     """Per-stage comparison with transformers' Qwen3OmniMoeProcessor and the thinker of
     Qwen3OmniMoeForConditionalGeneration loaded from `hf_dir` (float32): processor, features, audio encoder,
     fusion, positions, prefill logits, greedy tokens."""
@@ -106,12 +82,11 @@ def stages(hf_dir, audios, prompts=None, *, max_new_tokens: int = 24) -> list[Re
     )  # fmt: skip
     ref = {k: np.asarray(v) for k, v in ref.items()}
     ours = pipe.prepare(audios, prompts)
-    exact = [k for k in ref if k != "input_features"]
+    same = all(k in ours and np.array_equal(ours[k], ref[k]) for k in ref if k != "input_features")
     reports = [
-        exact_report("prompt ids + masks", all(k in ours and np.array_equal(ours[k], ref[k]) for k in exact),
-               ref["input_ids"].shape),
-        report("features (log-mel)", ref["input_features"], ours["input_features"], MODULE_ATOL),
-    ]  # fmt: skip
+        core.exact_report("prompt ids + masks", same, ref["input_ids"].shape),
+        core.report("features (log-mel)", ref["input_features"], ours["input_features"], core.MODULE_ATOL),
+    ]
     batch = {k: torch.as_tensor(v) for k, v in ref.items()}
     mask, lengths = ref["attention_mask"], ref["feature_attention_mask"].sum(1)
     with torch.no_grad():
@@ -126,25 +101,25 @@ def stages(hf_dir, audios, prompts=None, *, max_new_tokens: int = 24) -> list[Re
                              eos_token_id=list(pipe.eos_ids), pad_token_id=pipe.pad_id)  # fmt: skip
     p, c = pipe.params, pipe.config
     audio = aut_encoder.pack(*aut_encoder.encode(p["audio_encoder"], c.audio, ref["input_features"], lengths))
-    reports.append(report("audio encoder (AuT)", encoded.numpy(), audio, MODULE_ATOL))
+    reports.append(core.report("audio encoder (AuT)", encoded.numpy(), audio, core.MODULE_ATOL))
     prompt = thinker.prepare_prompt(p, c, ref)
-    embeds = masked_rows(out.hidden_states[0].numpy(), np.asarray(prompt.embeds), mask)
-    reports.append(report("fusion (input embeddings)", *embeds, MODULE_ATOL))
+    embeds = core.masked_rows(out.hidden_states[0].numpy(), np.asarray(prompt.embeds), mask)
+    reports.append(core.report("fusion (input embeddings)", *embeds, core.MODULE_ATOL))
     positions, _ = rope_index(c.tokens, ref["input_ids"], mask, audio_lengths=lengths)
-    positions = masked_rows(ref_pos.numpy().transpose(1, 2, 0), positions.transpose(1, 2, 0), mask)
-    reports.append(report("MRoPE positions", *positions, 0.0))
-    logits = masked_rows(out.logits.numpy(), np.asarray(thinker.forward(p, c, ref).logits), mask)
-    reports.append(report("prefill logits", *logits, LOGITS_ATOL))
+    positions = core.masked_rows(ref_pos.numpy().transpose(1, 2, 0), positions.transpose(1, 2, 0), mask)
+    reports.append(core.report("MRoPE positions", *positions, 0.0))
+    logits = core.masked_rows(out.logits.numpy(), np.asarray(thinker.forward(p, c, ref).logits), mask)
+    reports.append(core.report("prefill logits", *logits, core.LOGITS_ATOL))
     reference = new[:, ref["input_ids"].shape[1] :].numpy()
     tokens = pipe.generate(ref, max_new_tokens=max_new_tokens)
     same = reference.shape == tokens.shape and np.array_equal(reference, tokens)
     name = f"greedy tokens ({reference.shape[1]} new, {'identical' if same else 'DIFFERENT'})"
-    return [*reports, exact_report(name, same, reference.shape)]
+    return [*reports, core.exact_report(name, same, reference.shape)]
 
 
-TABLE = ParityTable(
-    cases={"Qwen3OmniMoeThinkerForConditionalGeneration": ParityCase(_logits_case, LOGITS_ATOL)},
-    generate={"Qwen3OmniMoeThinkerForConditionalGeneration": _generate_case},
+TABLE = core.ParityTable(
+    cases={"Qwen3OmniMoeThinkerForConditionalGeneration": core.ParityCase(_logits_case, core.LOGITS_ATOL)},
+    generate={"Qwen3OmniMoeThinkerForConditionalGeneration": generate_case(from_torch, thinker.generate)},
     from_torch={"Qwen3OmniMoeThinkerForConditionalGeneration": from_torch},
     stages=stages,
 )
