@@ -1,0 +1,84 @@
+"""Whisper against transformers: WhisperDecoder hidden states, WhisperForConditionalGeneration logits and its
+greedy `generate` tokens."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from omni_jax.families.whisper import system
+from omni_jax.families.whisper.checkpoint import MAPS
+from omni_jax.models import whisper_decoder
+from omni_jax.parity.core import LOGITS_ATOL, MODULE_ATOL, ParityCase, ParityTable, trim_to
+
+
+def from_torch(module) -> tuple[system.Config, dict]:
+    """Config (with the module's generation config) and float32 params of a live
+    WhisperForConditionalGeneration."""
+    params = MAPS[0].state_to_params(module.state_dict(), module.config.to_dict())
+    config = system.Config.from_hf(module.config.to_dict(), module.generation_config.to_dict())
+    return config, jax.tree.map(jnp.asarray, params)
+
+
+def decoder_from_torch(module) -> tuple[whisper_decoder.WhisperDecoderConfig, dict]:
+    """A WhisperDecoder (keys relative to it)."""
+    from omni_jax.convert.keymap import hf_to_params
+
+    config = whisper_decoder.WhisperDecoderConfig.from_hf(module.config)
+    params = hf_to_params(
+        module.state_dict(), whisper_decoder.hf_rules(config), whisper_decoder.param_specs(config)
+    )
+    return config, jax.tree.map(jnp.asarray, params)
+
+
+def _decoder_case(module, input_ids, encoder_hidden_states):
+    """WhisperDecoder's last_hidden_state against ours (the final-normed hidden states)."""
+    import torch
+
+    config, params = decoder_from_torch(module)
+    with torch.no_grad():
+        ref = module(input_ids=input_ids, encoder_hidden_states=encoder_hidden_states).last_hidden_state
+    ours = whisper_decoder.teacher_forced(
+        params, config, input_ids.numpy(), encoder_hidden_states.numpy(), "hidden"
+    )
+    return ref.numpy(), np.asarray(ours)
+
+
+def _logits_case(module, input_features, decoder_input_ids):
+    import torch
+
+    config, params = from_torch(module)
+    with torch.no_grad():
+        ref = module(input_features=input_features, decoder_input_ids=decoder_input_ids).logits
+    return ref.numpy(), np.asarray(
+        system.logits(params, config, input_features.numpy(), decoder_input_ids.numpy())
+    )
+
+
+def _generate_case(module, input_ids, attention_mask, max_new_tokens, input_features=None):
+    """Greedy new tokens of transformers' Whisper `generate` (prompt and EOS stripped, pad-filled) and ours
+    on the same features; input_ids and attention_mask are unused (the prompt comes from the config)."""
+    import torch
+
+    del input_ids, attention_mask
+    config, params = from_torch(module)
+    with torch.no_grad():
+        ref = module.generate(
+            input_features, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1
+        ).numpy()
+    g = config.generation
+    ours = system.generate(
+        params, config, {"input_features": input_features.numpy()}, max_new_tokens=max_new_tokens
+    )
+    return ref, trim_to(ref, ours, g.pad_token_id)
+
+
+TABLE = ParityTable(
+    cases={
+        "WhisperDecoder": ParityCase(_decoder_case, MODULE_ATOL),
+        "WhisperForConditionalGeneration": ParityCase(_logits_case, LOGITS_ATOL),
+    },
+    generate={"WhisperForConditionalGeneration": _generate_case},
+    from_torch={"WhisperForConditionalGeneration": from_torch, "WhisperDecoder": decoder_from_torch},
+)
