@@ -47,7 +47,10 @@ def read_generation_config(folder: str | os.PathLike) -> dict:
 def plan_hf(folder: Path, cmap: CheckpointMap, check: bool = True) -> tuple[PartsConfig, Source, Plan]:
     """Open an HF folder and map every key and shape to the model; with `check`, raise every problem."""
     source = open_source(folder)
-    config = cmap.config(read_hf_config(folder), cmap.present(source.tensors))
+    present = cmap.present(source.tensors)
+    if not present and source.problems:  # unreadable files: they explain why no part has weights
+        raise ConversionError(source.problems)
+    config = cmap.config(read_hf_config(folder), present)
     plan = Plan(cmap.rules(config), cmap.specs(config), cmap.passthrough)
     for info in source.tensors.values():
         plan.add(info.key, info.shape, info.file)
