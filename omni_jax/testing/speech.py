@@ -1,4 +1,4 @@
-"""Speech synthesised on the fly with espeak-ng (a system package), for the tests, the demo and the benchmarks."""
+"""Speech synthesised on the fly by espeak-ng (a system package): for the tests, the demo, the benchmarks."""
 
 from __future__ import annotations
 

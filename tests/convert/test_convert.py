@@ -205,8 +205,8 @@ def test_every_problem_is_reported_at_once(whisper, tmp_path):
     message = problems_of(bad)
     for expected in (
         "missing key(s) for encoder/layers/fc2/bias: 'model.encoder.layers.1.fc2.bias'",
-        "model.safetensors: shape mismatch for 'model.encoder.layers.0.fc1.weight' -> encoder/layers/fc1/kernel[0]: "
-        "expected (64, 32), got (64, 31)",
+        "model.safetensors: shape mismatch for 'model.encoder.layers.0.fc1.weight' -> "
+        "encoder/layers/fc1/kernel[0]: expected (64, 32), got (64, 31)",
         "model.safetensors: unexpected key 'model.encoder.extra.weight' (3,)",
         "model.safetensors: unexpected key 'model.encoder.layers.5.fc1.bias': index [5] is out of range",
         "model.safetensors: unsupported dtype I8 for 'model.encoder.conv1.bias'",

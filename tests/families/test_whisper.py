@@ -1,5 +1,5 @@
 """Whisper against transformers: a tiny random model (decoder, logits, generate settings, sampling) and the
-real tiny.en weights on real speech (logits, greedy batch, pipeline text, long form, loading, CLIs, bad input)."""
+real tiny.en weights on speech (logits, greedy batch, pipeline text, long form, loading, CLIs, bad input)."""
 
 import json
 import shutil
@@ -103,14 +103,7 @@ def model_dir():
 @pytest.fixture(scope="module")
 def hf(model_dir):
     """transformers' WhisperForConditionalGeneration with the CTranslate2 weights and generation settings."""
-    config = ct.hf_config(model_dir)
-    model = WhisperForConditionalGeneration(WhisperConfig(**config)).eval()
-    state = {f"model.{k}": torch.from_numpy(v) for k, v in ct.load_whisper(model_dir)[1].items()}
-    model.load_state_dict(
-        state | {"proj_out.weight": state["model.decoder.embed_tokens.weight"]}, strict=True
-    )
-    model.generation_config = GenerationConfig(**ct.generation_config(model_dir, config))
-    return model
+    return whisper_parity.reference_model(model_dir)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,25 @@ def from_torch(module) -> tuple[system.Config, dict]:
     return config, jax.tree.map(jnp.asarray, params)
 
 
+def reference_model(model_dir):
+    """transformers' WhisperForConditionalGeneration with a CTranslate2 folder's weights and generation
+    settings (float32, eval mode)."""
+    import torch
+    import transformers
+
+    from omni_jax.convert import ctranslate2
+
+    config = ctranslate2.hf_config(model_dir)
+    model = transformers.WhisperForConditionalGeneration(transformers.WhisperConfig(**config)).eval()
+    state = {f"model.{k}": torch.from_numpy(v) for k, v in ctranslate2.load_whisper(model_dir)[1].items()}
+    model.load_state_dict(
+        state | {"proj_out.weight": state["model.decoder.embed_tokens.weight"]}, strict=True
+    )
+    generation = ctranslate2.generation_config(model_dir, config)
+    model.generation_config = transformers.GenerationConfig(**generation)
+    return model
+
+
 def decoder_from_torch(module) -> tuple[whisper_decoder.WhisperDecoderConfig, dict]:
     """A WhisperDecoder (keys relative to it)."""
     from omni_jax.convert.keymap import hf_to_params
