@@ -7,10 +7,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omni_jax.families.whisper import system
+from omni_jax.convert import ctranslate2
+from omni_jax.families.whisper import pipeline, system
 from omni_jax.families.whisper.checkpoint import MAPS
-from omni_jax.models import whisper_decoder
-from omni_jax.parity.core import LOGITS_ATOL, MODULE_ATOL, ParityCase, ParityTable, trim_to
+from omni_jax.models import whisper_decoder, whisper_encoder
+from omni_jax.parity.core import (
+    LOGITS_ATOL,
+    MODULE_ATOL,
+    ParityCase,
+    ParityTable,
+    Report,
+    exact_report,
+    report,
+    trim_to,
+)
 
 
 def from_torch(module) -> tuple[system.Config, dict]:
@@ -93,6 +103,52 @@ def _generate_case(module, input_ids, attention_mask, max_new_tokens, input_feat
     return ref, trim_to(ref, ours, g.pad_token_id)
 
 
+def stages(hf_dir, audios, prompts=None, *, max_new_tokens: int = 24) -> list[Report]:
+    """Per-stage comparison with transformers' WhisperFeatureExtractor and WhisperForConditionalGeneration
+    (from `hf_dir`, or built from a CTranslate2 folder): features, encoder, logits, greedy tokens."""
+    import torch
+    import transformers
+
+    pipe = pipeline.load(hf_dir, dtype="float32")
+    if ctranslate2.is_ctranslate2_dir(hf_dir):
+        model = reference_model(hf_dir)
+    else:
+        model = transformers.WhisperForConditionalGeneration.from_pretrained(
+            hf_dir, dtype=torch.float32
+        ).eval()
+    extractor = transformers.WhisperFeatureExtractor(feature_size=pipe.config.encoder.num_mel_bins)
+    features = extractor(list(audios), sampling_rate=16000, return_tensors="pt").input_features
+    ours_features = pipe.prepare(audios, prompts)["input_features"]
+    with torch.no_grad():
+        encoded = model.model.encoder(features).last_hidden_state.numpy()
+        tokens = model.generate(features, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
+        prompt = torch.tensor([pipe.config.generation.prompt] * len(tokens))
+        ids = torch.cat([prompt, tokens], dim=1)
+        logits = model(input_features=features, decoder_input_ids=ids).logits.numpy()
+    c, params = pipe.config, pipe.params
+    ours_encoded = whisper_encoder.forward(params["encoder"], c.encoder, jnp.asarray(features.numpy()))
+    ours_logits = system.logits(params, c, features.numpy(), ids.numpy())
+    ref_tokens = tokens.numpy()
+    ours_tokens = trim_to(
+        ref_tokens,
+        pipe.generate({"input_features": features.numpy()}, max_new_tokens=max_new_tokens),
+        c.generation.pad_token_id,
+    )
+    identical = ours_tokens.shape == ref_tokens.shape and np.array_equal(ours_tokens, ref_tokens)
+    verdict = "identical" if identical else "DIFFERENT"
+    return [
+        report("features (log-mel)", features.numpy(), ours_features, MODULE_ATOL),
+        report("encoder", encoded, np.asarray(ours_encoded), at_scale(encoded)),
+        report("teacher-forced logits", logits, np.asarray(ours_logits), at_scale(logits)),
+        exact_report(f"greedy tokens ({ref_tokens.shape[1]} new, {verdict})", identical, ref_tokens.shape),
+    ]
+
+
+def at_scale(reference: np.ndarray) -> float:
+    """MODULE_ATOL relative to the output scale (real weights: values far above 1)."""
+    return MODULE_ATOL * max(1.0, float(np.abs(reference).max()))
+
+
 TABLE = ParityTable(
     cases={
         "WhisperDecoder": ParityCase(_decoder_case, MODULE_ATOL),
@@ -100,4 +156,5 @@ TABLE = ParityTable(
     },
     generate={"WhisperForConditionalGeneration": _generate_case},
     from_torch={"WhisperForConditionalGeneration": from_torch, "WhisperDecoder": decoder_from_torch},
+    stages=stages,
 )
