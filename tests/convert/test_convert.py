@@ -47,7 +47,7 @@ def hf_state(folder: Path) -> dict[str, np.ndarray]:
     return state
 
 
-# ---------------------------------------------------------------- whisper (encoder; decoder kept verbatim)
+# ---------------------------------------------------------------- whisper (encoder and decoder parts)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,8 @@ def whisper_diff(model, params, config) -> float:
     x = torch.randn(2, 16, 16, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref = model.model.encoder(x).last_hidden_state.numpy()
-    return float(np.abs(ref - np.asarray(whisper_encoder.forward(params, config, x.numpy()))).max())
+    ours = whisper_encoder.forward(params["encoder"], config["encoder"], x.numpy())
+    return float(np.abs(ref - np.asarray(ours)).max())
 
 
 @pytest.mark.parametrize("variant", ["single", "sharded", "bin"])
@@ -91,9 +92,8 @@ def test_whisper_converts_and_matches_torch(whisper, tmp_path, variant, fmt):
     model, folders = whisper
     dst = tmp_path / "jax"
     manifest = pipeline.to_jax(folders[variant], dst, fmt=fmt)
-    assert manifest["passthrough"] and all(
-        k.startswith(("model.decoder.", "proj_out.")) for k in manifest["passthrough"]
-    )
+    assert manifest["parts"] == ["encoder", "decoder"]
+    assert all(k.startswith("proj_out.") for k in manifest["passthrough"])  # the tied embedding
     assert {f["name"] for f in manifest["source"]["files"]} == {
         p.name for p in folders[variant].iterdir() if p.suffix in (".safetensors", ".bin")
     }
@@ -132,7 +132,7 @@ def test_bfloat16_round_trip(whisper, tmp_path):
     copy.deepcopy(model).to(torch.bfloat16).save_pretrained(bf16)
     pipeline.to_jax(bf16, tmp_path / "jax", fmt="safetensors")
     _, params = omni_jax.load_pretrained(tmp_path / "jax")
-    assert params["conv1"]["kernel"].dtype == jax.numpy.bfloat16
+    assert params["encoder"]["conv1"]["kernel"].dtype == jax.numpy.bfloat16
     pipeline.to_hf(tmp_path / "jax", tmp_path / "hf")
     before, after = hf_state(bf16), hf_state(tmp_path / "hf")
     assert all(
@@ -142,7 +142,7 @@ def test_bfloat16_round_trip(whisper, tmp_path):
     )
     pipeline.to_jax(bf16, tmp_path / "f32", dtype="float32")
     _, params = omni_jax.load_pretrained(tmp_path / "f32")
-    assert params["conv1"]["kernel"].dtype == jax.numpy.float32
+    assert params["encoder"]["conv1"]["kernel"].dtype == jax.numpy.float32
 
 
 def test_load_with_mesh_places_each_array_in_its_sharding(whisper, tmp_path):
@@ -153,10 +153,10 @@ def test_load_with_mesh_places_each_array_in_its_sharding(whisper, tmp_path):
     for fmt in ("orbax", "safetensors"):
         pipeline.to_jax(folders["single"], tmp_path / fmt, fmt=fmt)
         config, params = omni_jax.load_pretrained(tmp_path / fmt, mesh=mesh, rules=(("mlp", ("tensor",)),))
-        fc1 = params["layers"]["fc1"]["kernel"]  # (layers, embed, mlp)
+        fc1 = params["encoder"]["layers"]["fc1"]["kernel"]  # (layers, embed, mlp)
         assert fc1.sharding.spec == jax.sharding.PartitionSpec(None, None, "tensor")
         assert fc1.addressable_shards[0].data.shape == (2, 32, 8)
-        assert params["pos_embed"].sharding.is_fully_replicated
+        assert params["encoder"]["pos_embed"].sharding.is_fully_replicated
         assert whisper_diff(model, params, config) <= 1e-4
 
 
@@ -166,13 +166,13 @@ def test_inspect_shows_both_sides(whisper, tmp_path, capsys):
     out = capsys.readouterr().out
     assert (
         "model.encoder.layers.0.fc1.weight ... (2 keys) [64, 32] F32 -> "
-        "layers/fc1/kernel [2, 32, 64] (transpose)" in out
+        "encoder/layers/fc1/kernel [2, 32, 64] (transpose)" in out
     )
-    assert "passthrough" in out and "PROBLEM" not in out
+    assert "decoder/layers/cross/k/kernel [1, 32, 32]" in out and "PROBLEM" not in out
     pipeline.to_jax(folders["single"], tmp_path / "jax")
     assert main(["inspect", str(tmp_path / "jax")]) == 0
     assert (
-        "layers/fc1/kernel [2, 32, 64] float32 <- model.encoder.layers.0.fc1.weight ... (2 keys)"
+        "encoder/layers/fc1/kernel [2, 32, 64] float32 <- model.encoder.layers.0.fc1.weight ... (2 keys)"
         in capsys.readouterr().out
     )
 
@@ -204,9 +204,9 @@ def test_every_problem_is_reported_at_once(whisper, tmp_path):
     save_file(state, bad / "model.safetensors", metadata={"format": "pt"})
     message = problems_of(bad)
     for expected in (
-        "missing key(s) for layers/fc2/bias: 'model.encoder.layers.1.fc2.bias'",
-        "model.safetensors: shape mismatch for 'model.encoder.layers.0.fc1.weight' -> layers/fc1/kernel[0]: "
-        "expected (64, 32), got (64, 31)",
+        "missing key(s) for encoder/layers/fc2/bias: 'model.encoder.layers.1.fc2.bias'",
+        "model.safetensors: shape mismatch for 'model.encoder.layers.0.fc1.weight' -> "
+        "encoder/layers/fc1/kernel[0]: expected (64, 32), got (64, 31)",
         "model.safetensors: unexpected key 'model.encoder.extra.weight' (3,)",
         "model.safetensors: unexpected key 'model.encoder.layers.5.fc1.bias': index [5] is out of range",
         "model.safetensors: unsupported dtype I8 for 'model.encoder.conv1.bias'",
@@ -626,11 +626,11 @@ def test_jax_checkpoint_that_does_not_fit_the_model_is_refused(whisper, tmp_path
     _, folders = whisper
     pipeline.to_jax(folders["single"], tmp_path / "jax")
     manifest = json.loads((tmp_path / "jax/omni_jax.json").read_text())
-    manifest["params"]["conv1/kernel"]["shape"] = [3, 16, 33]
-    del manifest["params"]["pos_embed"]
+    manifest["params"]["encoder/conv1/kernel"]["shape"] = [3, 16, 33]
+    del manifest["params"]["encoder/pos_embed"]
     (tmp_path / "jax/omni_jax.json").write_text(json.dumps(manifest))
     with pytest.raises(ConversionError) as e:
         pipeline.to_hf(tmp_path / "jax", tmp_path / "hf")
-    assert "missing parameter pos_embed" in str(e.value)
-    assert "shape mismatch for conv1/kernel: expected (3, 16, 32), got (3, 16, 33)" in str(e.value)
+    assert "missing parameter encoder/pos_embed" in str(e.value)
+    assert "shape mismatch for encoder/conv1/kernel: expected (3, 16, 32), got (3, 16, 33)" in str(e.value)
     assert not (tmp_path / "hf").exists()

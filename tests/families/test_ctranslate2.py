@@ -10,7 +10,7 @@ from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForCondi
 
 from omni_jax import parity
 from omni_jax.audio.io import load_audio
-from omni_jax.families.whisper import ctranslate2 as ct
+from omni_jax.convert import ctranslate2 as ct
 
 SPEECH = (
     resources.files("omni_jax") / "assets" / "speech.wav"

