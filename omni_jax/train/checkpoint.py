@@ -56,10 +56,18 @@ def abstract(tree: Any) -> Any:
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), tree)
 
 
+def _one_writer_per_array() -> None:
+    """Each array saved by one replica: orbax's replica-parallel saving (its default off GPU) slices every
+    replicated array per replica, one compiled slice program per array shape and replica."""
+    handler = ocp.type_handlers.ArrayHandler(use_replica_parallel=False)
+    ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+
+
 class Checkpoints:
     def __init__(self, directory: Path, *, every: int, keep: int, fingerprint: dict):
         if every < 1 or keep < 1:
             raise ValueError(f"checkpoint_every ({every}) and keep_checkpoints ({keep}) must be >= 1")
+        _one_writer_per_array()
         self.directory = Path(directory).absolute()
         self.fingerprint = fingerprint
         options = ocp.CheckpointManagerOptions(

@@ -281,6 +281,12 @@ def collate(model: TrainModel, manifest: Manifest, rows: list[dict], length: int
     return batch
 
 
+def check_targets(batch: dict[str, np.ndarray], where: str) -> None:
+    """A batch must have at least one label to train on."""
+    if not (batch["labels"] != IGNORE_INDEX).any():
+        raise ValueError(f"{where}: every label of the batch is -100 (nothing to train on)")
+
+
 def micro_batches(batch: dict[str, np.ndarray], k: int) -> dict[str, np.ndarray]:
     """Leading axis (rows, or rows x audio slots) split into k micro-batches: (k, rows / k, ...)."""
     return {name: a.reshape(k, -1, *a.shape[1:]) for name, a in batch.items()}
@@ -329,6 +335,7 @@ class Batches:
         examples = self.manifest.examples
         processed = [process(self.model, examples[i]) for i in self.local_rows(rows)]
         batch = collate(self.model, self.manifest, processed, self.manifest.bucket(list(rows)))
+        check_targets(batch, f"{self.manifest.path} batch of lines {[examples[i].where.rsplit(' ', 1)[1] for i in rows]}")
         return micro_batches(batch, self.grad_accum)
 
     def dataset(self) -> grain.MapDataset:

@@ -3,11 +3,12 @@ progress bar and the loss curve (loss.png, matplotlib)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import sys
 from pathlib import Path
 
-import tensorboardX
 from tqdm import tqdm
 
 SCALARS = ("loss", "aux_loss", "lr", "grad_norm", "tokens", "tokens_per_s", "eval_loss")
@@ -24,6 +25,19 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def _tensorboardx():
+    """tensorboardX imported with torch hidden: it imports torch whenever installed (to accept tensors),
+    which training never passes; torch stays off the training path."""
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None  # `import torch` raises ImportError
+    try:
+        return importlib.import_module("tensorboardX")
+    finally:
+        if hide:
+            del sys.modules["torch"]
+
+
 class MetricsLog:
     """Appends to output_dir/metrics.jsonl from `start` on (lines of a killed run past `start` dropped)."""
 
@@ -35,7 +49,7 @@ class MetricsLog:
         if len(kept) != len(read_metrics(self.path)):
             _atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self.file = open(self.path, "a")  # noqa: SIM115 - closed in close()
-        self.board = tensorboardX.SummaryWriter(str(out / "tensorboard"))
+        self.board = _tensorboardx().SummaryWriter(str(out / "tensorboard"))
         self.bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
 
     def write(self, record: dict) -> None:
