@@ -41,7 +41,12 @@ from omni_jax.sharding import constrain
 
 ACT_AXES = ("batch", "length", "act_embed")
 # jax.checkpoint_policies that take no argument (Config.remat)
-REMAT_POLICIES = ("everything_saveable", "nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable")
+REMAT_POLICIES = (
+    "everything_saveable",
+    "nothing_saveable",
+    "dots_saveable",
+    "dots_with_no_batch_dims_saveable",
+)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -38,7 +38,9 @@ class GradReport:
 
     @property
     def ok(self) -> bool:
-        return self.loss_diff <= LOSS_RTOL * max(abs(self.loss), 1e-12) and self.grad_max_rel_diff <= GRAD_RTOL
+        return (
+            self.loss_diff <= LOSS_RTOL * max(abs(self.loss), 1e-12) and self.grad_max_rel_diff <= GRAD_RTOL
+        )
 
     def __str__(self) -> str:
         return (
@@ -80,7 +82,9 @@ def compare_grads(torch_model: Any, **inputs: Any) -> GradReport:
     params = jax.tree.map(jax.numpy.asarray, cmap.state_to_params(dict(torch_model.state_dict()), hf_config))
     reference = cmap.state_to_params(grad_state, hf_config)
     config = family.config_class.from_hf(hf_config)
-    batch = family.batch(config, numpy_inputs({k: v for k, v in inputs.items() if k != "output_router_logits"}))
+    batch = family.batch(
+        config, numpy_inputs({k: v for k, v in inputs.items() if k != "output_router_logits"})
+    )
     coef = getattr(torch_model, "router_aux_loss_coef", 0.0) if _router_aux_on(torch_model, inputs) else 0.0
     loss, grads = jax.jit(jax.value_and_grad(lambda p, b: models.mean_loss(family, config, p, b, coef)))(
         params, batch

@@ -335,7 +335,10 @@ class Batches:
         examples = self.manifest.examples
         processed = [process(self.model, examples[i]) for i in self.local_rows(rows)]
         batch = collate(self.model, self.manifest, processed, self.manifest.bucket(list(rows)))
-        check_targets(batch, f"{self.manifest.path} batch of lines {[examples[i].where.rsplit(' ', 1)[1] for i in rows]}")
+        check_targets(
+            batch,
+            f"{self.manifest.path} batch of lines {[examples[i].where.rsplit(' ', 1)[1] for i in rows]}",
+        )
         return micro_batches(batch, self.grad_accum)
 
     def dataset(self) -> grain.MapDataset:

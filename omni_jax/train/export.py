@@ -43,7 +43,7 @@ def write_final(base: Path, params: dict, dst: Path) -> Path:
                     shutil.copy2(name, tmp / name.name)
             entries = [(p, shape, dtype) for p, (shape, dtype) in source.params.items()]
             writer = ckpt.SafetensorsWriter(tmp, ckpt.PARAMS, entries)
-            for path, shape, dtype in entries:
+            for path, _, dtype in entries:
                 array = np.asarray(ours[path]).astype(dtype) if path in ours else source.read(path)
                 writer.write(path, array)
             manifest = {**source.manifest, "files": writer.close(), "trained": sorted(ours)}

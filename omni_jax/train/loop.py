@@ -100,7 +100,9 @@ def run(recipe: Recipe, *, resume: bool = False) -> list[dict]:
     model = models.load(recipe.model)
     config = with_remat(model, recipe.remat)
     manifest = read_manifest(recipe.train_data, model, recipe.length_buckets)
-    evals = None if recipe.eval_data is None else read_manifest(recipe.eval_data, model, recipe.length_buckets)
+    evals = (
+        None if recipe.eval_data is None else read_manifest(recipe.eval_data, model, recipe.length_buckets)
+    )
     check_patterns(model.params, recipe.freeze)
     hp = Hyper(
         learning_rate=recipe.learning_rate, total_steps=recipe.steps, warmup_steps=recipe.warmup_steps,
@@ -112,7 +114,9 @@ def run(recipe: Recipe, *, resume: bool = False) -> list[dict]:
     data = Batches(manifest, model, recipe.batch_size, recipe.grad_accum, recipe.seed, **shards)
     eval_data = None
     if evals is not None:
-        eval_data = Batches(evals, model, recipe.batch_size, recipe.grad_accum, shuffle=False, repeat=False, **shards)
+        eval_data = Batches(
+            evals, model, recipe.batch_size, recipe.grad_accum, shuffle=False, repeat=False, **shards
+        )
     mesh = make_mesh(**(recipe.mesh_shape or {"data": jax.device_count()}))
     with use_mesh(mesh):
         params = place_params(model.params, model.family.system.param_specs(config), mesh)
@@ -124,7 +128,9 @@ def run(recipe: Recipe, *, resume: bool = False) -> list[dict]:
             fingerprint=fingerprint(model.hf_config, trainable),
         )  # fmt: skip
         if not resume and ckpts.manager.all_steps():
-            raise ValueError(f"{out / 'checkpoints'} holds checkpoints: pass --resume or use a new output_dir")
+            raise ValueError(
+                f"{out / 'checkpoints'} holds checkpoints: pass --resume or use a new output_dir"
+            )
         start, state, saved = ckpts.restore_latest(state) if resume else (None, state, None)
         start = start or 0
         it = data.iterator(None if saved is None else saved["iterator"])

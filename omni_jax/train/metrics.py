@@ -16,7 +16,9 @@ SCALARS = ("loss", "aux_loss", "lr", "grad_norm", "tokens", "tokens_per_s", "eva
 
 def read_metrics(path: Path) -> list[dict]:
     path = Path(path)
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    return (
+        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    )
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
 
 from omni_jax.sharding import MESH_AXES
 from omni_jax.train.data import DEFAULT_BUCKETS
@@ -53,7 +52,9 @@ class Recipe:
                 problems.append(f"{key} must be a positive integer, got {getattr(self, key)!r}")
         if isinstance(self.batch_size, int) and isinstance(self.grad_accum, int) and self.grad_accum >= 1:
             if self.batch_size % self.grad_accum:
-                problems.append(f"batch_size {self.batch_size} is not a multiple of grad_accum {self.grad_accum}")
+                problems.append(
+                    f"batch_size {self.batch_size} is not a multiple of grad_accum {self.grad_accum}"
+                )
         if bad := [k for k, _ in self.mesh if k not in MESH_AXES]:
             problems.append(f"mesh axes {bad} not in {MESH_AXES}")
         if problems:

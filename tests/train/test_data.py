@@ -2,6 +2,7 @@
 compilation."""
 
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +21,9 @@ def af3(af3_folder):
 
 
 def write_manifest(folder, lines, name="train.jsonl"):
-    (folder / name).write_text("\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines))
+    (folder / name).write_text(
+        "\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines)
+    )
     return folder / name
 
 
@@ -89,14 +92,19 @@ def test_thinker_batches_put_clips_in_slots(thinker_folder, tmp_path):
         ({"audio": "nope.wav", "prompt": "hi", "answer": "x"}, "line 2: audio file not found"),
         ({"audio": "clip0.wav", "prompt": "hi " * 200, "answer": "x"}, "line 2: 6"),
         ("{not json", "line 2: not valid JSON"),
-        ({"audio": "clip0.wav", "prompt": "hi", "answer": "x", "lang": "en"}, "line 2: unknown keys ['lang']"),
+        (
+            {"audio": "clip0.wav", "prompt": "hi", "answer": "x", "lang": "en"},
+            "line 2: unknown keys ['lang']",
+        ),
         ({"prompt": "hi", "answer": "x"}, "line 2: no audio, but other lines have some"),
     ],
 )
 def test_bad_manifest_lines_are_named(af3, tmp_path, line, message):
     write_clips(tmp_path, (0.5,))
     path = write_manifest(tmp_path, [{"audio": "clip0.wav", "prompt": "ok", "answer": "y"}, line])
-    with pytest.raises(ValueError, match="exceed the largest length bucket" if message.endswith("6") else None) as e:
+    with pytest.raises(
+        ValueError, match="exceed the largest length bucket" if message.endswith("6") else None
+    ) as e:
         data.read_manifest(path, af3, buckets=(128,))
     assert f"{path} {message}" in str(e.value)
 
@@ -113,7 +121,7 @@ def test_recipe_keys_are_checked(tmp_path):
     with pytest.raises(ValueError, match=r"unknown keys \['lerning_rate'\]"):
         Recipe.load(tmp_path / "r.json")
     (tmp_path / "r.json").write_text(json.dumps(base))
-    recipe = Recipe.load(tmp_path / "r.json", ["steps=5", "mesh.fsdp=2", "freeze=[\"encoder\"]"])
+    recipe = Recipe.load(tmp_path / "r.json", ["steps=5", "mesh.fsdp=2", 'freeze=["encoder"]'])
     assert recipe.steps == 5 and recipe.mesh_shape == {"fsdp": 2} and recipe.freeze == ("encoder",)
     assert recipe.output_dir == str(tmp_path / "o")
     with pytest.raises(ValueError, match="batch_size 5 is not a multiple of grad_accum 2"):
@@ -122,12 +130,25 @@ def test_recipe_keys_are_checked(tmp_path):
 
 def test_checkpoint_of_another_config_is_refused(tmp_path):
     state = {"decoder": {"lm_head": {"kernel": jnp.zeros((4, 8))}}}
-    saver = Checkpoints(tmp_path, every=1, keep=2, fingerprint=fingerprint({"model_type": "audioflamingo3"}, state))
+    saver = Checkpoints(
+        tmp_path, every=1, keep=2, fingerprint=fingerprint({"model_type": "audioflamingo3"}, state)
+    )
     saver.save(1, state, {"iterator": {"next_index": 1}})
     saver.close()
     other = {"decoder": {"lm_head": {"kernel": jnp.zeros((4, 16))}}}
-    loader = Checkpoints(tmp_path, every=1, keep=2, fingerprint=fingerprint({"model_type": "audioflamingo3"}, other))
+    loader = Checkpoints(
+        tmp_path, every=1, keep=2, fingerprint=fingerprint({"model_type": "audioflamingo3"}, other)
+    )
     with pytest.raises(ValueError, match=r"decoder/lm_head/kernel: checkpoint \[4, 8\] vs model \[4, 16\]"):
         loader.restore_latest(other)
-    step, restored, saved = Checkpoints(tmp_path, every=1, keep=2, fingerprint=saver.fingerprint).restore_latest(state)
+    step, restored, saved = Checkpoints(
+        tmp_path, every=1, keep=2, fingerprint=saver.fingerprint
+    ).restore_latest(state)
     assert step == 1 and saved["iterator"] == {"next_index": 1}
+
+
+def test_shipped_recipes_parse():
+    recipes = sorted((Path(__file__).resolve().parents[2] / "train").glob("*.json"))
+    assert len(recipes) >= 4
+    for path in recipes:
+        Recipe.load(path)
