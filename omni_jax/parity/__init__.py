@@ -3,7 +3,8 @@
 `compare(torch_module, *args, **kwargs)` converts the module's config and weights, runs both on the same
 arguments and reports the difference; `compare_generate` compares greedy tokens, `compare_grads` the
 training loss and gradients (omni_jax.parity.grads), `compare_features` the log-mel, and
-`from_torch(module)` gives (config, params) of any supported module. Supported classes are listed in `SUPPORTED`: the components' cases (omni_jax.parity.components) and each family's
+`from_torch(module)` gives (config, params) of any supported module. Supported classes are listed in
+`SUPPORTED`: the components' cases (omni_jax.parity.components) and each family's
 (omni_jax.families.<family>.parity, through the registry). torch is imported only by the cases themselves.
 """
 
