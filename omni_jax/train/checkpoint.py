@@ -14,6 +14,7 @@ reads the same position) and the fingerprint: the parameter paths and shapes of 
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ def abstract(tree: Any) -> Any:
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), tree)
 
 
+@functools.cache
 def _one_writer_per_array() -> None:
     """Each array saved by one replica: orbax's replica-parallel saving (its default off GPU) slices every
     replicated array per replica, one compiled slice program per array shape and replica."""
