@@ -162,7 +162,6 @@ def run(recipe: Recipe, *, resume: bool = False) -> list[dict]:
         final = multihost_utils.process_allgather(merge_params(state.params, frozen), tiled=True)
     if primary:
         write_final(model.path, final, out / "final")
-    multihost_utils.sync_global_devices("omni_jax.train done")
     return history
 
 
