@@ -18,8 +18,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding
+from jax.sharding import NamedSharding, PartitionSpec
 
 from omni_jax.nn.params import logical_axes
 from omni_jax.sharding import logical_spec, make_mesh, named_sharding, use_mesh
@@ -79,6 +78,12 @@ def global_batch(local: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
         return jax.make_array_from_process_local_data(NamedSharding(mesh, spec), a, shape)
 
     return {k: put(k, v) for k, v in local.items()}
+
+
+def host_copy(tree, mesh) -> dict:
+    """Every leaf replicated over the mesh (one collective on the training devices) and copied to the host."""
+    full = jax.jit(lambda t: t, out_shardings=NamedSharding(mesh, PartitionSpec()))(tree)
+    return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), full)
 
 
 def _host(metrics: dict) -> dict[str, float]:
@@ -155,11 +160,11 @@ def run(recipe: Recipe, *, resume: bool = False) -> list[dict]:
                 history.append(record)
                 if log is not None:
                     log.write(record)
+            final = host_copy(merge_params(state.params, frozen), mesh)  # collective: before the host work
         finally:
             ckpts.close()
             if log is not None:
                 log.close()
-        final = multihost_utils.process_allgather(merge_params(state.params, frozen), tiled=True)
     if primary:
         write_final(model.path, final, out / "final")
     return history

@@ -183,7 +183,7 @@ def make_train_step(
         metrics = {
             "loss": nll / denom + hp.aux_coef * aux / k,
             "aux_loss": aux / k,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "lr": schedule(state.step),
             "tokens": n_total,
             "input_tokens": batch["attention_mask"].sum(),
