@@ -18,6 +18,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec
 
 from omni_jax.nn.params import logical_axes
@@ -86,6 +87,30 @@ def host_copy(tree, mesh) -> dict:
     return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), full)
 
 
+def barrier(name: str) -> None:
+    """All processes meet here, through the coordination service (no device collective, 10-min timeout)."""
+    if jax.process_count() > 1:
+        ocp.multihost.sync_global_processes(name, processes=set(range(jax.process_count())), timeout=600)
+
+
+def synced(fn):
+    """In a multi-process run: `fn` (jitted) compiled ahead for each batch shape, the processes meeting
+    after each compilation, so that its first cross-process collective opens within gloo's 30-s rendezvous
+    window however long each process compiled."""
+    if jax.process_count() == 1:
+        return fn
+    compiled = {}
+
+    def call(*args):
+        key = str(jax.tree.map(lambda a: (a.shape, a.dtype), args[-1]))
+        if key not in compiled:
+            compiled[key] = fn.lower(*args).compile()
+            barrier(f"omni_jax.train compiled {getattr(fn, '__name__', 'step')} {len(compiled)}")
+        return compiled[key](*args)
+
+    return call
+
+
 def _host(metrics: dict) -> dict[str, float]:
     return {k: float(np.asarray(v.addressable_data(0))) for k, v in metrics.items()}
 
@@ -128,6 +153,7 @@ def run(recipe: Recipe, *, resume: bool = False) -> list[dict]:
         trainable, frozen = split_params(params, freeze_patterns(recipe.freeze, model.family))
         tx = optimizer(hp)
         state = jax.jit(lambda t: init_state(t, tx, recipe.seed))(trainable)
+        barrier("omni_jax.train checkpoints")
         ckpts = Checkpoints(
             out / "checkpoints", every=recipe.checkpoint_every, keep=recipe.keep_checkpoints,
             fingerprint=fingerprint(model.hf_config, trainable),
@@ -139,8 +165,8 @@ def run(recipe: Recipe, *, resume: bool = False) -> list[dict]:
         start, state, saved = ckpts.restore_latest(state) if resume else (None, state, None)
         start = start or 0
         it = data.iterator(None if saved is None else saved["iterator"])
-        train_step = make_train_step(model.family, config, hp, tx)
-        eval_step = None if eval_data is None else make_eval_step(model.family, config, hp)
+        train_step = synced(make_train_step(model.family, config, hp, tx))
+        eval_step = None if eval_data is None else synced(make_eval_step(model.family, config, hp))
         log = MetricsLog(out, start, recipe.steps, recipe.log_every) if primary else None
         if primary:
             (out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))

@@ -20,17 +20,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omni_jax.convert.parts import CheckpointMap
+from omni_jax.convert.checkpoint import MANIFEST
+from omni_jax.convert.parts import CheckpointMap, find_map
+from omni_jax.convert.plan import open_jax, plan_hf, read_hf_config
 from omni_jax.families.audioflamingo3 import checkpoint as af3_checkpoint
 from omni_jax.families.audioflamingo3 import system as af3
 from omni_jax.families.audioflamingo3.processor import AudioFlamingo3Processor
-from omni_jax.families.base import load_checkpoint
 from omni_jax.families.qwen3_omni import checkpoint as omni_checkpoint
 from omni_jax.families.qwen3_omni import system as thinker
 from omni_jax.families.qwen3_omni.positions import rope_index
 from omni_jax.families.qwen3_omni.processor import Qwen3OmniProcessor
 from omni_jax.models import aut_encoder, decoder, projector, whisper_encoder
 from omni_jax.nn.fusion import place_audio
+from omni_jax.nn.params import set_path
 from omni_jax.train.loss import load_balancing_loss, token_nll
 
 
@@ -180,15 +182,33 @@ class TrainModel:
         return self.family.aux_coef(self.hf_config)
 
 
+def host_params(path: Path, family: Family, dtype: str) -> tuple[dict, dict]:
+    """(HF config dict, numpy parameters) of an HF folder or its omni_jax conversion, read on the host (each
+    process then places its shards: nothing lands on another process's device)."""
+    hf_config = read_hf_config(path)
+    cmap = find_map(family.maps, hf_config, f"{path}/config.json")
+    if (path / MANIFEST).is_file():
+        _, checkpoint, _ = open_jax(path, cmap)
+        paths, read = checkpoint.params, checkpoint.read
+    else:
+        _, source, plan = plan_hf(path, cmap)
+        paths, read = plan.specs, lambda p: plan.build(p, source.read, np.dtype(dtype))
+    params: dict = {}
+    for p in paths:
+        set_path(params, p, np.asarray(read(p)).astype(dtype))
+    return hf_config, params
+
+
 def load(path, dtype: str = "float32") -> TrainModel:
     """A checkpoint folder (HF or omni_jax conversion) ready to train: float32 master weights by default."""
-    from omni_jax.convert.plan import read_hf_config
-
     path = Path(path).expanduser()
     if not (path / "config.json").is_file():
         raise ValueError(f"model {path}: no config.json (expected an HF folder or an omni_jax conversion)")
     fam = family_of(read_hf_config(path).get("model_type"))
-    path, hf_config, config, params = load_checkpoint(path, fam.maps, fam.system, fam.config_class, dtype)
+    hf_config, params = host_params(path, fam, dtype)
+    config = fam.config_class.from_hf(hf_config)
+    if missing := [name for name in fam.system.param_specs(config) if name not in params]:
+        raise ValueError(f"{path}: the checkpoint has no weights for {missing}")
     params = {name: params[name] for name in fam.system.param_specs(config)}
     return TrainModel(fam, path, hf_config, config, params, fam.processor_class.from_pretrained(path))
 
