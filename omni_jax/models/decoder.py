@@ -11,6 +11,10 @@ that it writes at `cache.index`, additive per-layer inputs (deepstack, n b t d, 
 the indices of hidden states to return (transformers' `hidden_states` numbering: 0 the embeddings, i the
 output of layer i-1 before deepstack, num_layers the final-normed output).
 
+Training: `router_logits=True` also returns the MoE layers' raw router outputs (the load-balancing loss
+reads them), and `Config.remat` names a `jax.checkpoint_policies` policy that rematerialises each scanned
+layer in the backward pass.
+
 Layers run under `lax.scan`; the feed-forward weights are stacked per kind (`mlp` over the dense layers, `moe`
 over the sparse ones, in layer order), so dense/MoE mixes keep the scan (a `lax.cond` picks the kind).
 """
@@ -29,12 +33,20 @@ from omni_jax.nn.attention import attention, cache_attention
 from omni_jax.nn.cache import KVCache
 from omni_jax.nn.layers import linear, linear_spec, rms_norm, rms_norm_spec
 from omni_jax.nn.moe import MOE_IMPLS, gated_mlp, gated_mlp_spec, moe, moe_spec
+from omni_jax.nn.moe import router_logits as moe_router_logits
 from omni_jax.nn.packed import pack
 from omni_jax.nn.params import ParamSpec, stacked
 from omni_jax.nn.rope import apply_rope, mrope_angles, rope_angles, rope_cos_sin, rope_inv_freq
 from omni_jax.sharding import constrain
 
 ACT_AXES = ("batch", "length", "act_embed")
+# jax.checkpoint_policies that take no argument (Config.remat)
+REMAT_POLICIES = (
+    "everything_saveable",
+    "nothing_saveable",
+    "dots_saveable",
+    "dots_with_no_batch_dims_saveable",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +75,7 @@ class Config:
     lm_head: bool = True  # False: the model ends at the final norm (bare text models)
     tie_word_embeddings: bool = False
     moe_impl: str = "ragged"  # ragged | dense
+    remat: str | None = None  # a jax.checkpoint_policies name: remat each scanned layer (training)
 
     def __post_init__(self):
         problems = []
@@ -78,6 +91,8 @@ class Config:
             problems.append(f"top-k {self.num_experts_per_tok} must lie in 1..num_experts {self.num_experts}")
         if self.moe_impl not in MOE_IMPLS:
             problems.append(f"moe_impl {self.moe_impl!r} not in {MOE_IMPLS}")
+        if self.remat is not None and self.remat not in REMAT_POLICIES:
+            problems.append(f"remat {self.remat!r} not in {REMAT_POLICIES}")
         if self.tie_word_embeddings and self.lm_head and not self.embed:
             problems.append("a tied lm_head needs the embedding table")
         if problems:
@@ -279,6 +294,7 @@ class Output(NamedTuple):
     logits: jax.Array | None  # b t vocab ("all"), b vocab ("last"), None ("none")
     hidden: jax.Array  # b t d, final-normed
     hidden_states: dict[int, jax.Array]  # requested indices (transformers numbering) -> b t d
+    router_logits: jax.Array | None = None  # moe_layers b t experts (with router_logits=True)
 
 
 def embed(params: dict, config: Config, tokens: jax.Array) -> jax.Array:
@@ -341,6 +357,13 @@ def _ffn(params: dict, config: Config, x: jax.Array, sparse, stack_index) -> jax
     return jax.lax.cond(sparse, run_moe, run_mlp, x)
 
 
+def _router_logits(params: dict, config: Config, x: jax.Array, ffn_index) -> jax.Array:
+    """Raw router outputs b t experts of the MoE stack entry `ffn_index` (clamped: a dense layer's row is
+    computed and dropped by the caller)."""
+    kernel = params["moe"]["router"]["kernel"]
+    return moe_router_logits(jax.lax.dynamic_index_in_dim(kernel, ffn_index, keepdims=False), x)
+
+
 def _check_forward_args(config: Config, hidden_layers: tuple[int, ...], logits: str) -> None:
     if logits not in ("all", "last", "none"):
         raise ValueError(f"logits must be 'all', 'last' or 'none', got {logits!r}")
@@ -387,12 +410,15 @@ def forward(
     layer_inputs: jax.Array | None = None,
     hidden_layers: tuple[int, ...] = (),
     logits: str = "all",
+    router_logits: bool = False,
 ) -> tuple[Output, KVCache | None]:
     """Run the decoder on a chunk. inputs: token ids b t or embeddings b t d; positions default to slot-start;
     start (b, int): first valid slot of each left-padded row (ignored with a cache, which carries it); with a
     cache the chunk is written at slots cache.index.. and attends to everything before it."""
     c = config
     _check_forward_args(c, hidden_layers, logits)
+    if router_logits and (not c.moe_layers or isinstance(params["layers"], tuple)):
+        raise ValueError("router_logits needs MoE layers in the stacked (scanned) layout")
     x = embed(params, c, inputs) if jnp.issubdtype(inputs.dtype, jnp.integer) else inputs
     x = constrain(x.astype(params["norm"]["scale"].dtype), ACT_AXES)  # activations in the params' dtype
     b, t, _ = x.shape
@@ -413,14 +439,17 @@ def forward(
         attend = _attend_fn(kv, layer, mask, start, cache, t)
         h, kv = _attention(p["attn"], c, rms_norm(p["input_norm"], x, c.rms_norm_eps), cos, sin, attend)
         x = x + h
-        x = x + _ffn(params, c, rms_norm(p["post_norm"], x, c.rms_norm_eps), sparse, ffn_index)
+        normed = rms_norm(p["post_norm"], x, c.rms_norm_eps)
+        router = _router_logits(params, c, normed, ffn_index) if router_logits else None
+        x = x + _ffn(params, c, normed, sparse, ffn_index)
         states = tuple(jnp.where(layer == i - 1, x, s) for i, s in zip(kept, states, strict=True))
         if layer_inputs is not None:  # deepstack: added after layers 0..n-1
             n = layer_inputs.shape[0]
             x = x + jnp.where(layer < n, layer_inputs[jnp.minimum(layer, n - 1)].astype(x.dtype), 0)
-        return (constrain(x, ACT_AXES), kv, states), None
+        return (constrain(x, ACT_AXES), kv, states), router
 
     carry = (x, None if cache is None else (cache.k, cache.v), tuple(x for _ in kept))
+    routers = None
     if isinstance(params["layers"], tuple):  # unstacked: one traced copy per layer, no weight slicing
         for layer, p in enumerate(params["layers"]):
             carry, _ = layer_step(carry, (p, layer, c.sparse_layers[layer], stack_index[layer]))
@@ -431,7 +460,12 @@ def forward(
             jnp.asarray(c.sparse_layers),
             jnp.asarray(stack_index),
         )
-        carry, _ = jax.lax.scan(layer_step, carry, xs)
+        step = layer_step
+        if c.remat is not None:
+            policy = getattr(jax.checkpoint_policies, c.remat)
+            step = jax.checkpoint(layer_step, policy=policy, prevent_cse=False)
+        with jax.named_scope("layers"):
+            carry, routers = jax.lax.scan(step, carry, xs)  # routers: layers b t experts | None
     out, kv, states = carry
     hidden = rms_norm(params["norm"], out, c.rms_norm_eps)
     states = {0: x, c.num_layers: hidden, **dict(zip(kept, states, strict=True))}
@@ -440,4 +474,5 @@ def forward(
     )
     if cache is not None:
         cache = dataclasses.replace(cache, k=kv[0], v=kv[1], index=cache.index + t)
-    return Output(out_logits, hidden, {i: states[i] for i in hidden_layers}), cache
+    moe_routers = None if routers is None else routers[jnp.asarray(c.moe_layers)]
+    return Output(out_logits, hidden, {i: states[i] for i in hidden_layers}, moe_routers), cache

@@ -49,9 +49,14 @@ def moe_spec(d: int, n_experts: int, d_expert: int, d_shared: int = 0) -> dict:
     return spec
 
 
+def router_logits(kernel: jax.Array, x: jax.Array) -> jax.Array:
+    """Raw (pre-softmax) router outputs in x's dtype. x: ... d -> ... experts."""
+    return jnp.matmul(x, kernel.astype(x.dtype))
+
+
 def route(kernel: jax.Array, x: jax.Array, top_k: int, norm_topk_prob: bool) -> tuple[jax.Array, jax.Array]:
     """x: n d -> (weights n k in x's dtype, expert ids n k), HF's order of casts."""
-    logits = jnp.matmul(x, kernel.astype(x.dtype))
+    logits = router_logits(kernel, x)
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
     weights, experts = jax.lax.top_k(probs, top_k)
     if norm_topk_prob:

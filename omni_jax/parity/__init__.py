@@ -1,9 +1,10 @@
 """Numerical parity of omni_jax against the transformers classes it reimplements.
 
 `compare(torch_module, *args, **kwargs)` converts the module's config and weights, runs both on the same
-arguments and reports the difference; `compare_generate` compares greedy tokens, `compare_features` the
-log-mel, and `from_torch(module)` gives (config, params) of any supported module. Supported classes are
-listed in `SUPPORTED`: the components' cases (omni_jax.parity.components) and each family's
+arguments and reports the difference; `compare_generate` compares greedy tokens, `compare_grads` the
+training loss and gradients (omni_jax.parity.grads), `compare_features` the log-mel, and
+`from_torch(module)` gives (config, params) of any supported module. Supported classes are listed in
+`SUPPORTED`: the components' cases (omni_jax.parity.components) and each family's
 (omni_jax.families.<family>.parity, through the registry). torch is imported only by the cases themselves.
 """
 
@@ -26,12 +27,13 @@ from omni_jax.parity.core import (
     report,
     trim_to,
 )
+from omni_jax.parity.grads import GradReport, compare_grads
 from omni_jax.parity.reference import whisper_features_reference
 
 __all__ = [
-    "LOGITS_ATOL", "MODULE_ATOL", "SUPPORTED", "GenerateReport", "ParityCase", "Report", "compare",
-    "compare_features", "compare_generate", "exact_report", "from_torch", "masked_rows", "numpy_inputs",
-    "parity_case", "report", "trim_to", "whisper_features_reference",
+    "LOGITS_ATOL", "MODULE_ATOL", "SUPPORTED", "GenerateReport", "GradReport", "ParityCase", "Report",
+    "compare", "compare_features", "compare_grads", "compare_generate", "exact_report", "from_torch",
+    "masked_rows", "numpy_inputs", "parity_case", "report", "trim_to", "whisper_features_reference",
 ]  # fmt: skip
 
 
