@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from omni_jax import validation
 from omni_jax.families.qwen3_omni.positions import PositionConfig, rope_index
 from omni_jax.inference import engine, loop
 from omni_jax.inference.sampling import GREEDY, Sampling
@@ -104,9 +105,7 @@ def check_inputs(
         )
     if unknown := sorted(set(inputs) - set(INPUTS) - set(VISION_INPUTS)):
         raise ValueError(f"unexpected inputs {unknown}; expected {INPUTS}")
-    ids = np.asarray(inputs.get("input_ids"))
-    if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"input_ids must be integers (batch, length), got {ids.dtype} {ids.shape}")
+    ids = validation.token_ids("input_ids", inputs.get("input_ids"), config.text.vocab_size)
     mask = inputs.get("attention_mask")
     mask = np.ones(ids.shape, bool) if mask is None else np.asarray(mask).astype(bool)
     if mask.shape != ids.shape:
@@ -121,7 +120,8 @@ def check_inputs(
         )
     lengths = np.zeros((0,), np.int64)
     if features is not None:
-        features, feature_mask = np.asarray(features), np.asarray(feature_mask).astype(bool)
+        features = validation.finite_array("input_features", np.asarray(features))
+        feature_mask = np.asarray(feature_mask).astype(bool)
         if features.ndim != 3 or features.shape[1] != config.audio.num_mel_bins:
             raise ValueError(
                 f"input_features must be (audios, {config.audio.num_mel_bins}, frames), got {features.shape}"
