@@ -89,3 +89,12 @@ def finite_array(name: str, array: np.ndarray) -> np.ndarray:
         if bad:
             raise ValueError(f"{name} contains NaN or inf ({bad} of {a.size} values)")
     return array
+
+
+def config_keys(where: str, config: Any, keys: tuple[str, ...]) -> dict:
+    """A config dict holding every one of `keys` (refused, all missing keys named, instead of defaults)."""
+    if not isinstance(config, dict):
+        raise TypeError(f"{where} must be a config dict, got {type(config).__name__}")
+    if missing := [k for k in keys if config.get(k) is None]:
+        raise ValueError(f"{where}: missing required key(s) {missing}")
+    return config

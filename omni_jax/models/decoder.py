@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from einops import rearrange
 
+from omni_jax import validation
 from omni_jax.convert.keymap import EXPERTS, LINEAR, Rule
 from omni_jax.nn.attention import attention, cache_attention
 from omni_jax.nn.cache import KVCache
@@ -99,6 +100,14 @@ class Config:
         rope = dict(c.get("rope_parameters") or c.get("rope_scaling") or {})
         if rope.get("rope_type", rope.get("type", "default")) != "default":
             raise ValueError(f"{model_type}: only the default RoPE type is supported, got {rope}")
+        required = (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+        )
+        validation.config_keys(f"{model_type} config", c, required)
         n_layers, heads = c["num_hidden_layers"], c["num_attention_heads"]
         n_experts = c.get("num_experts", c.get("num_local_experts", 0)) or 0
         step, dense_only = c.get("decoder_sparse_step", 1) or 1, set(c.get("mlp_only_layers") or ())

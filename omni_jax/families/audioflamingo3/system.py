@@ -56,6 +56,8 @@ class Config:
         """From an AudioFlamingo3Config object or its config.json dict."""
         if hf_get(cfg, "model_type") != "audioflamingo3":
             raise ValueError(f"not an AudioFlamingo3 config: model_type {hf_get(cfg, 'model_type')!r}")
+        if isinstance(cfg, dict):
+            validation.config_keys("audioflamingo3 config", cfg, ("audio_config", "text_config"))
         text = cfg["text_config"] if isinstance(cfg, dict) else cfg.text_config
         return cls(
             encoder=whisper_encoder.WhisperEncoderConfig.from_hf(cfg),

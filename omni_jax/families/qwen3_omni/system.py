@@ -57,7 +57,13 @@ class ThinkerConfig:
     def from_hf(cls, hf: Any) -> ThinkerConfig:
         """From a Qwen3OmniMoeConfig (its talker_config gives accept_hidden_layer) or a thinker config."""
         c = hf if isinstance(hf, dict) else hf.to_dict()
+        if c.get("model_type") not in ("qwen3_omni_moe", "qwen3_omni_moe_thinker"):
+            raise ValueError(
+                f"not a Qwen3-Omni config: model_type {c.get('model_type')!r} (expected qwen3_omni_moe or "
+                "qwen3_omni_moe_thinker)"
+            )
         thinker = c.get("thinker_config", c)
+        validation.config_keys(f"{c['model_type']} thinker config", thinker, ("audio_config", "text_config"))
         return cls(
             audio=aut_encoder.AuTConfig.from_hf(thinker),
             text=decoder.Config.from_hf({"model_type": "qwen3_omni_moe_text", **thinker["text_config"]}),
