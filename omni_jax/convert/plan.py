@@ -41,9 +41,11 @@ def plan_hf(folder: Path, cmap: CheckpointMap, check: bool = True) -> tuple[Part
     source = open_source(folder)
     hf_config = read_hf_config(folder)
     present = cmap.present(source.tensors)
+    if not source.tensors:  # nothing to map: the readers' reasons say why
+        raise ConversionError(source.problems or [f"{folder}: no tensors in {', '.join(source.files)}"])
     problems = source.problems + cmap.missing_parts(present)
-    if not source.tensors or not present:  # nothing to map: the readers' reasons say why
-        raise ConversionError(problems or [f"{folder}: no tensors in {', '.join(source.files)}"])
+    if not present:
+        raise ConversionError(problems)
     config = cmap.config(hf_config, present)
     plan = Plan(cmap.rules(config), cmap.specs(config), cmap.passthrough)
     for info in source.tensors.values():
