@@ -26,7 +26,7 @@ from einops import rearrange
 
 from omni_jax import validation
 from omni_jax.convert.keymap import EXPERTS, LINEAR, Rule
-from omni_jax.nn.attention import attention, cache_attention
+from omni_jax.nn.attention import BLOCKED_FROM, attention, cache_attention, causal_blocked_attention
 from omni_jax.nn.cache import KVCache
 from omni_jax.nn.layers import linear, linear_spec, rms_norm, rms_norm_spec
 from omni_jax.nn.moe import MOE_IMPLS, gated_mlp, gated_mlp_spec, moe, moe_spec
@@ -380,6 +380,8 @@ def _attend_fn(kv, layer, mask, start, cache: KVCache | None, t: int):
         if t == 1:  # decode: read the layer in place
             return cache_attention(q, k_all, v_all, layer, start, cache.index + 1), (k_all, v_all)
         k_l, v_l = k_all[layer].astype(q.dtype), v_all[layer].astype(q.dtype)
+        if k_l.shape[1] >= BLOCKED_FROM:  # long prefill: memory linear in the length
+            return causal_blocked_attention(q, k_l, v_l, start=start, offset=cache.index), (k_all, v_all)
         return attention(q, k_l, v_l, mask=mask[:, None]), (k_all, v_all)
 
     return attend
