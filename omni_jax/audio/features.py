@@ -8,11 +8,15 @@ filters, log10 clamped at 1e-10, floor at (max - 8) per example over all its fra
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from omni_jax import validation
+from omni_jax.audio.io import to_float32
 
 SAMPLING_RATE = 16000
 N_FFT = 400
@@ -136,6 +140,10 @@ def _validate(
         raise ValueError(f"num_mel_bins must be an integer in [1, {N_FFT // 2 + 1}], got {num_mel_bins!r}")
     if padding == "max_length" and max_samples < HOP_LENGTH:
         raise ValueError(f"max_samples must be at least one hop ({HOP_LENGTH}), got {max_samples}")
+    if isinstance(waveforms, str | os.PathLike) or (
+        isinstance(waveforms, Sequence) and any(isinstance(w, str | os.PathLike) for w in waveforms)
+    ):
+        raise TypeError("log_mel takes waveforms (arrays), not file paths: read them with load_audio(path)")
     if isinstance(waveforms, np.ndarray | jax.Array):
         if waveforms.ndim != 1:
             raise ValueError(
@@ -156,9 +164,7 @@ def _validate(
             raise ValueError(f"waveform {i} is empty")
         if not np.issubdtype(w.dtype, np.number) or np.iscomplexobj(w):
             raise ValueError(f"waveform {i} has dtype {w.dtype}; expected real samples")
-        w = w.astype(np.float32)
-        if not np.all(np.isfinite(w)):
-            raise ValueError(f"waveform {i} contains NaN or inf samples")
+        w = validation.finite_array(f"waveform {i}", to_float32(w))  # integer PCM is scaled to [-1, 1)
         clips.append(w)
     return clips
 

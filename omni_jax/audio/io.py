@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import soxr
 
+from omni_jax import validation
+
 
 def to_float32(samples: np.ndarray) -> np.ndarray:
-    """Integer PCM (int16/int32/uint8) scaled to [-1, 1); floats cast to float32."""
+    """Integer PCM (int16/int32/uint8) scaled to [-1, 1); floats cast to float32; anything else (bool,
+    complex, strings) refused."""
     samples = np.asarray(samples)
+    if samples.dtype.kind not in "uif" and samples.dtype.name != "bfloat16":
+        raise TypeError(f"audio samples must be float or integer PCM, got dtype {samples.dtype}")
     if samples.dtype == np.uint8:
         return (samples.astype(np.float32) - 128.0) / 128.0
     if np.issubdtype(samples.dtype, np.integer):
@@ -34,7 +38,7 @@ def resample(samples: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
 
 def load_audio(path: str | os.PathLike, sampling_rate: int = 16000) -> np.ndarray:
     """Read wav/flac/ogg, mix to mono, resample to `sampling_rate`. -> float32 (samples,)."""
-    path = Path(path)
+    path = validation.path("audio file", path)
     if not path.is_file():
         raise FileNotFoundError(f"audio file not found: {path}")
     try:
@@ -49,6 +53,7 @@ def load_audio(path: str | os.PathLike, sampling_rate: int = 16000) -> np.ndarra
     data, sr = sf.read(str(path), dtype=dtype, always_2d=False)
     if data.size == 0:
         raise ValueError(f"audio file {path} contains no samples")
+    validation.finite_array(f"audio file {path}", data)
     return resample(to_mono(to_float32(data)), sr, sampling_rate)
 
 
@@ -64,8 +69,7 @@ def save_audio(path: str | os.PathLike, samples, sampling_rate: int) -> Path:
     if fmt is None:
         raise ValueError(f"unsupported audio suffix {path.suffix!r}; use .wav, .flac or .ogg")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = path.parent / f".{path.name}.partial-{os.getpid()}"  # created by soundfile: umask permissions
     try:
         sf.write(tmp, np.clip(samples, -1.0, 1.0), sampling_rate, format=fmt)
         os.replace(tmp, path)

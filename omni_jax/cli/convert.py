@@ -1,12 +1,16 @@
-"""python -m omni_jax.convert {to-jax,to-hf,inspect}: HF checkpoint folders to JAX and back."""
+"""python -m omni_jax.convert {to-jax,to-hf,inspect}: HF checkpoint folders to JAX and back.
+
+Exit status (omni_jax.cli.common): 0 done, 1 the conversion or inspection found problems (all listed),
+2 a usage error (no such source folder, destination exists without --overwrite), 130 interrupted (SIGINT or
+SIGTERM; the partial output is removed)."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 
+from omni_jax import validation
+from omni_jax.cli import common
 from omni_jax.convert import run
-from omni_jax.convert.keymap import ConversionError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,21 +38,32 @@ def main(argv: list[str] | None = None) -> int:
     inspect = sub.add_parser("inspect", help="key tree with shapes and dtypes, and how keys map")
     inspect.add_argument("path")
     args = parser.parse_args(argv)
-    try:
-        if args.command == "to-jax":
-            manifest = run.to_jax(
-                args.src, args.dst, dtype=args.dtype, fmt=args.fmt, overwrite=args.overwrite, quiet=args.quiet
-            )
-            print(
-                f"wrote {args.dst}: {len(manifest['params'])} parameters ({args.fmt}), "
-                f"parts {manifest['parts']}"
-            )
-        elif args.command == "to-hf":
-            files = run.to_hf(args.src, args.dst, overwrite=args.overwrite, quiet=args.quiet)
-            print(f"wrote {args.dst}: {', '.join(files)}")
-        else:
-            print(run.describe(args.path))
-    except (ConversionError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return common.run(lambda: check(args), lambda _: job(args))
+
+
+def check(args: argparse.Namespace) -> None:
+    """Usage errors, before any weight is read: the source must be a folder; the destination must be free
+    unless --overwrite."""
+    validation.folder("source folder", args.path if args.command == "inspect" else args.src)
+    if args.command != "inspect":
+        dst = validation.path("destination", args.dst)
+        if dst.exists() and not args.overwrite:
+            raise ValueError(f"{dst} exists; pass --overwrite to replace it")
+
+
+def job(args: argparse.Namespace) -> int:
+    if args.command == "to-jax":
+        manifest = run.to_jax(
+            args.src, args.dst, dtype=args.dtype, fmt=args.fmt, overwrite=args.overwrite, quiet=args.quiet
+        )
+        n = len(manifest["params"])
+        print(f"wrote {args.dst}: {n} parameters ({args.fmt}), parts {manifest['parts']}")
+    elif args.command == "to-hf":
+        files = run.to_hf(args.src, args.dst, overwrite=args.overwrite, quiet=args.quiet)
+        print(f"wrote {args.dst}: {', '.join(files)}")
+    else:
+        text, problems = run.inspect(args.path)
+        print(text)
+        if problems:
+            return common.fail(f"{len(problems)} problem(s) in {args.path}", common.FAILED)
+    return common.OK

@@ -23,7 +23,8 @@ import numpy as np
 
 from omni_jax.audio import load_audio, log_mel
 from omni_jax.audio.picture import save_spectrogram_png
-from omni_jax.testing.checkpoints import TINY_CONFIG, cached_tiny_checkpoint, shipped_speech
+from omni_jax.cli import common
+from omni_jax.testing.checkpoints import TINY_CONFIG, cached_tiny_checkpoint, read_af3_config, shipped_speech
 
 
 def spectrogram(path: Path, out: Path, mel_bins: int) -> None:
@@ -118,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", default="24")
     args = parser.parse_args(argv)
 
+    try:
+        read_af3_config(args.config)  # refuse another model's config before any work
+    except ValueError as e:
+        return common.fail(e, common.USAGE)
     audio = args.audio or shipped_speech()
     spectrogram(audio, args.out, mel_bins=128)
     transcribe(audio)

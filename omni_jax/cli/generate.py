@@ -6,7 +6,8 @@
 DIR is an HF checkpoint folder or one converted by `python -m omni_jax.convert`; its config.json
 `model_type` picks the family pipeline (omni_jax.families.registry). Several audio files are one batch
 (the same request for each). --json prints one object with the token ids, the texts and the timings
-(compilation included) instead of streaming.
+(compilation included) instead of streaming. Exit status: 0 done, 1 loading or generation failed, 2 a usage
+error (bad argument, unreadable audio file, unsupported folder), found before the model loads.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import sys
 import time
 
 import numpy as np
+
+from omni_jax import validation
+from omni_jax.cli import common
 
 
 class Printer:
@@ -52,17 +56,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run(args: argparse.Namespace) -> dict:
-    """Load, prepare, generate (streaming unless --json). -> the --json object."""
+def check(args: argparse.Namespace) -> tuple:
+    """Usage errors before the model loads: the folder's model_type has a pipeline, every audio file reads
+    (finite samples), the sampling settings and max_new_tokens are valid. -> (sampling, clips)."""
     from omni_jax.audio import load_audio
-    from omni_jax.families.registry import load_pipeline
+    from omni_jax.families.registry import family
     from omni_jax.inference.sampling import Sampling
 
+    validation.integer("--max-new-tokens", args.max_new_tokens, minimum=1)
     sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    found = family(validation.folder("--model", args.model))
+    if found.load_pipeline is None:
+        raise ValueError(f"{args.model}: {found.name} checkpoints have no generation pipeline yet")
+    return sampling, [load_audio(path) for path in args.audio]
+
+
+def run(args: argparse.Namespace, sampling, audios: list[np.ndarray]) -> dict:
+    """Load, prepare, generate (streaming unless --json). -> the --json object."""
+    from omni_jax.families.registry import load_pipeline
+
     clock = time.perf_counter()
     pipe = load_pipeline(args.model, dtype=args.dtype)
     loaded = time.perf_counter()
-    audios = [load_audio(path) for path in args.audio]
     inputs = pipe.prepare(audios, None if args.prompt is None else [args.prompt] * len(audios))
     prepared = time.perf_counter()
     show = None if args.json or len(audios) > 1 else Printer(pipe)
@@ -98,11 +113,10 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        result = run(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(result))
-    return 0
+
+    def job(checked) -> None:
+        result = run(args, *checked)
+        if args.json:
+            print(json.dumps(result))
+
+    return common.run(lambda: check(args), job)

@@ -4,13 +4,17 @@
         [--max-new-tokens N]
 
 Stages (processor features, encoder, projector / fusion, prefill logits, greedy tokens) come from the family's
-parity table (omni_jax.families.<family>.parity); the exit status is 1 when any stage is above its tolerance.
+parity table (omni_jax.families.<family>.parity). Exit status: 0 all within tolerance, 1 a stage above its
+tolerance (or the job failed), 2 a usage error (found before transformers loads anything).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+
+from omni_jax import validation
+from omni_jax.cli import common
+from omni_jax.convert.checkpoint import MANIFEST
 
 
 def table(reports) -> str:
@@ -36,20 +40,33 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--max-new-tokens", type=int, default=24)
     args = parser.parse_args(argv)
-    try:
-        from omni_jax.audio import load_audio
-        from omni_jax.families.registry import family
+    return common.run(lambda: check(args), lambda checked: job(args, *checked))
 
-        found = family(args.model)
-        if found.parity.stages is None:
-            raise ValueError(f"{args.model}: {found.name} checkpoints have no per-stage parity table yet")
-        audios = [load_audio(path) for path in args.audio]
-        prompts = None if args.prompt is None else [args.prompt] * len(audios)
-        reports = found.parity.stages(args.model, audios, prompts, max_new_tokens=args.max_new_tokens)
-    except (ValueError, FileNotFoundError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+
+def check(args: argparse.Namespace) -> tuple:
+    """Usage errors before transformers loads anything. -> (family, clips)."""
+    from omni_jax.audio import load_audio
+    from omni_jax.families.registry import family
+
+    validation.integer("--max-new-tokens", args.max_new_tokens, minimum=1)
+    folder = validation.folder("--model", args.model)
+    if (folder / MANIFEST).is_file():
+        raise ValueError(f"{folder} is an omni_jax conversion; parity needs the HF folder transformers loads")
+    found = family(folder)
+    if found.parity.stages is None:
+        raise ValueError(f"{args.model}: {found.name} checkpoints have no per-stage parity table yet")
+    return found, [load_audio(path) for path in args.audio]
+
+
+def job(args: argparse.Namespace, found, audios) -> int:
+    """The table (transformers' own logging and progress bars silenced); FAILED when a stage is off."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    prompts = None if args.prompt is None else [args.prompt] * len(audios)
+    reports = found.parity.stages(args.model, audios, prompts, max_new_tokens=args.max_new_tokens)
     print(table(reports))
     failed = [r.name for r in reports if not r.ok]
     print(f"parity: {'FAIL (' + ', '.join(failed) + ')' if failed else 'all stages within tolerance'}")
-    return 1 if failed else 0
+    return common.FAILED if failed else common.OK

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import glob
 import hashlib
 import json
 import os
@@ -21,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from omni_jax import validation
 from omni_jax.convert.keymap import ConversionError
 from omni_jax.convert.sources import DTYPE_NAMES, WEIGHT_SUFFIXES, SafetensorsSource
-from omni_jax.nn.params import set_path
+from omni_jax.nn.params import flatten_paths, set_path
 
 MANIFEST = "omni_jax.json"
 PARAMS = "params"
@@ -33,10 +35,13 @@ MAX_SHARD_BYTES = 4 << 30
 
 @contextlib.contextmanager
 def atomic_dir(dst: Path, overwrite: bool = False) -> Iterator[Path]:
-    """A temporary folder next to `dst`, renamed to `dst` only when the block completes."""
+    """A temporary folder `.NAME.partial-PID` next to `dst`, renamed to `dst` only when the block completes
+    (removed on any exception, KeyboardInterrupt and SystemExit included). Leftovers of dead processes
+    (killed by SIGKILL) are cleaned first; a live process's are never touched."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(dst)
     if dst.exists() and not overwrite:
         raise ValueError(f"{dst} exists; pass --overwrite to replace it")
-    dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -52,6 +57,32 @@ def atomic_dir(dst: Path, overwrite: bool = False) -> Iterator[Path]:
         shutil.rmtree(old)
     else:
         tmp.rename(dst)
+
+
+def clean_stale(dst: Path) -> list[Path]:
+    """Remove `.NAME.partial-PID` folders of processes no longer alive; a dead process's `.NAME.old-PID`
+    (killed between its two renames) becomes `dst` again when `dst` is absent, else is removed. -> removed."""
+    removed = []
+    for leftover in sorted(dst.parent.glob(f".{glob.escape(dst.name)}.*-*")):
+        kind, _, pid = leftover.name.removeprefix(f".{dst.name}.").rpartition("-")
+        if kind not in ("partial", "old") or not pid.isdigit() or _alive(int(pid)):
+            continue
+        if kind == "old" and not dst.exists():
+            leftover.rename(dst)
+            continue
+        shutil.rmtree(leftover, ignore_errors=True)
+        removed.append(leftover)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 # Hand-written: safetensors.save_file takes every tensor in one dict (all in memory at once); this streams.
@@ -170,7 +201,7 @@ def copy_side_files(src: Path, dst: Path) -> list[str]:
     copied = []
     for path in sorted(src.iterdir()):
         if path.is_file() and not is_weight_file(path.name):
-            shutil.copy2(path, dst / path.name)
+            shutil.copyfile(path, dst / path.name)  # contents only: new files get umask permissions
             copied.append(path.name)
     return copied
 
@@ -221,7 +252,10 @@ class JaxCheckpoint:
             return jax.ShapeDtypeStruct(shape, dtype or stored, sharding=shardings[path])
 
         if self.source is None:
-            return self._orbax({p: abstract(p) for p in self.params})
+            tree = self._orbax({p: abstract(p) for p in self.params})
+            for path, leaf in flatten_paths(tree):
+                validation.finite_array(f"{self.folder}: parameter {path}", jax.device_get(leaf))
+            return tree
         tree: dict = {}
         for path in self.params:
             spec = abstract(path)
@@ -231,7 +265,8 @@ class JaxCheckpoint:
         return tree
 
     def _read_slice(self, path: str, dtype: Any, index: tuple) -> np.ndarray:
-        return self.source.read_slice(path, index).astype(dtype)
+        array = self.source.read_slice(path, index)
+        return validation.finite_array(f"{self.folder}: parameter {path}", array).astype(dtype)
 
     def _orbax(self, leaves: dict[str, Any], only: str | None = None) -> Any:
         import orbax.checkpoint.experimental.v1 as ocp

@@ -29,6 +29,7 @@ class Part:
     prefix: str  # HF key prefix on disk
     hf_config: tuple[str, ...] = ()  # sub-config path handed to config_class.from_hf
     aliases: tuple[tuple[str, str], ...] = ()  # (hub prefix, accepted alternative prefix)
+    optional: bool = False  # a checkpoint may leave this part out (e.g. Qwen3-Omni's talker)
 
     def config(self, hf: dict) -> Any:
         for name in self.hf_config:
@@ -74,6 +75,17 @@ class CheckpointMap:
         if len(self.parts) == 1:
             return (self.parts[0].name,)
         return tuple(p.name for p in self.parts if any(k.startswith(p.prefixes()) for k in keys))
+
+    def missing_parts(self, present: Collection[str | None]) -> list[str]:
+        """A problem line per required part absent from `present` (optional ones may be absent)."""
+        return [
+            f"missing required part {p.name!r}: no key starts with {' or '.join(map(repr, p.prefixes()))}"
+            for p in self.parts
+            if not p.optional and p.name not in present
+        ]
+
+    def optional_parts(self) -> tuple[str | None, ...]:
+        return tuple(p.name for p in self.parts if p.optional)
 
     def config(self, hf: dict, parts: Collection[str | None] | None = None) -> PartsConfig:
         """Configs of the parts named (all when None)."""

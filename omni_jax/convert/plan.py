@@ -12,6 +12,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, SingleDeviceSharding
 
+from omni_jax import validation
 from omni_jax.convert import checkpoint as ckpt
 from omni_jax.convert import ctranslate2
 from omni_jax.convert.keymap import ConversionError, Plan
@@ -22,18 +23,21 @@ from omni_jax.sharding import RULES, Rules, named_sharding
 
 
 def read_hf_config(folder: str | os.PathLike) -> dict:
-    """config.json of an HF (or omni_jax) folder; the derived HF config of a CTranslate2 Whisper folder."""
+    folder = validation.folder("checkpoint folder", folder)
     if ctranslate2.is_ctranslate2_dir(folder):
         return ctranslate2.hf_config(folder)
-    path = Path(folder) / "config.json"
+    path = folder / "config.json"
     if not path.is_file():
         raise ValueError(
             f"{folder}: no config.json; expected an HF checkpoint folder or an omni_jax conversion of one"
         )
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: corrupt ({e})") from e
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    return config
 
 
 def read_generation_config(folder: str | os.PathLike) -> dict:
@@ -47,15 +51,18 @@ def read_generation_config(folder: str | os.PathLike) -> dict:
 def plan_hf(folder: Path, cmap: CheckpointMap, check: bool = True) -> tuple[PartsConfig, Source, Plan]:
     """Open an HF folder and map every key and shape to the model; with `check`, raise every problem."""
     source = open_source(folder)
+    hf_config = read_hf_config(folder)
     present = cmap.present(source.tensors)
-    if not present and source.problems:  # unreadable files: they explain why no part has weights
-        raise ConversionError(source.problems)
-    config = cmap.config(read_hf_config(folder), present)
+    if not source.tensors:  # nothing to map: the readers' reasons say why
+        raise ConversionError(source.problems or [f"{folder}: no tensors in {', '.join(source.files)}"])
+    problems = source.problems + cmap.missing_parts(present)
+    if not present:
+        raise ConversionError(problems)
+    config = cmap.config(hf_config, present)
     plan = Plan(cmap.rules(config), cmap.specs(config), cmap.passthrough)
     for info in source.tensors.values():
         plan.add(info.key, info.shape, info.file)
-    problems = source.problems + plan.check() if check else []
-    if problems:
+    if check and (problems := problems + plan.check()):
         raise ConversionError(problems)
     return config, source, plan
 
@@ -94,7 +101,7 @@ def load_params(
     """(config, params) of an omni_jax folder, or of an HF folder converted on the fly. With a mesh, every
     array is placed in the sharding its logical axes get under `rules` (default `omni_jax.sharding.RULES`),
     and from an omni_jax folder each device reads only its slice. `dtype` casts every parameter."""
-    path = Path(path)
+    path, dtype = validation.folder("checkpoint folder", path), validation.float_dtype("dtype", dtype)
     if (path / ckpt.MANIFEST).is_file():
         config, checkpoint, specs = open_jax(path, cmap)
         shardings = {p: _sharding(specs[p], mesh, rules) for p in checkpoint.params}
@@ -103,7 +110,7 @@ def load_params(
     dtypes = param_dtypes(plan, source, dtype)
     params: dict = {}
     for p, spec in plan.specs.items():
-        array = plan.build(p, source.read, dtypes[p])
+        array = validation.finite_array(f"{path}: parameter {p}", plan.build(p, source.read, dtypes[p]))
         set_path(params, p, jax.device_put(array, _sharding(spec, mesh, rules)))
     return cmap.unwrap(config), params
 

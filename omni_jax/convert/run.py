@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from omni_jax import validation
 from omni_jax.convert import checkpoint as ckpt
 from omni_jax.convert import ctranslate2
 from omni_jax.convert.keymap import export_targets, hf_shape
@@ -36,7 +37,7 @@ def to_jax(
         raise ValueError(f"unknown format {fmt!r}; known: {FORMATS}")
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"unsupported dtype {dtype!r}; supported: {DTYPES}")
-    src, dst = Path(src), Path(dst)
+    src, dst = validation.folder("source folder", src), validation.path("destination", dst)
     cmap = checkpoint_map(src)
     config, source, plan = plan_hf(src, cmap)
     dtypes = param_dtypes(plan, source, dtype)
@@ -96,7 +97,7 @@ def _copy_tensors(source: Source, keys: list[str], folder: Path, stem: str, prog
 
 def to_hf(src, dst, *, overwrite: bool = False, quiet: bool = True) -> list[str]:
     """Convert our folder `src` back to an HF folder `dst` in the hub layout; returns the weight files."""
-    src, dst = Path(src), Path(dst)
+    src, dst = validation.folder("source folder", src), validation.path("destination", dst)
     cmap = checkpoint_map(src)
     config, checkpoint, _ = open_jax(src, cmap)
     rules = cmap.rules(config)
@@ -132,7 +133,13 @@ def to_hf(src, dst, *, overwrite: bool = False, quiet: bool = True) -> list[str]
 
 def describe(folder) -> str:
     """The key tree of an HF or omni_jax folder with shapes and dtypes, and how its keys map."""
-    folder, cmap = Path(folder), checkpoint_map(folder)
+    return inspect(folder)[0]
+
+
+def inspect(folder) -> tuple[str, list[str]]:
+    """(describe's text, the problems it lists): a folder converts when there are none."""
+    folder = validation.folder("checkpoint folder", folder)
+    cmap = checkpoint_map(folder)
     if (folder / ckpt.MANIFEST).is_file():
         config, checkpoint, _ = open_jax(folder, cmap)
         rules = cmap.rules(config)
@@ -144,11 +151,13 @@ def describe(folder) -> str:
             targets = export_targets(rules, path, shape)
             lines.append(f"  {path} {list(shape)} {dtype.name} <- {_keys(k for k, _ in targets)}")
         lines += [f"  passthrough: {len(checkpoint.manifest['passthrough'])} HF tensors kept verbatim"]
-        return "\n".join(lines)
+        return "\n".join(lines), []
     config, source, plan = plan_hf(folder, cmap, check=False)
+    present = [n for n, _ in config.parts]
+    absent = [n for n in cmap.optional_parts() if n not in present]
     lines = [
-        f"HF checkpoint ({len(source.files)} file(s)), model_type {cmap.model_type}, "
-        f"parts {[n for n, _ in config.parts]}"
+        f"HF checkpoint ({len(source.files)} file(s)), model_type {cmap.model_type}, parts {present}"
+        + (f" (optional, absent: {absent})" if absent else "")
     ]
     if cmap.notes:
         lines.append(f"  note: {cmap.notes}")
@@ -162,9 +171,9 @@ def describe(folder) -> str:
         )
     if plan.passthrough:
         lines.append(f"  passthrough (kept verbatim): {_keys(plan.passthrough)}")
-    problems = source.problems + plan.check()
+    problems = source.problems + cmap.missing_parts(present) + plan.check()
     lines += [f"  PROBLEM: {p}" for p in problems]
-    return "\n".join(lines)
+    return "\n".join(lines), problems
 
 
 def _nbytes(info) -> int:

@@ -11,6 +11,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from omni_jax import validation
 from omni_jax.convert.parts import CheckpointMap, find_map
 from omni_jax.convert.plan import load_params, read_hf_config
 from omni_jax.inference.sampling import GREEDY, Sampling
@@ -22,11 +23,11 @@ def load_checkpoint(
 ) -> tuple[Path, dict, Any, dict]:
     """(folder, its config.json, `config_cls.from_hf` of it, params) of an HF folder or its omni_jax
     conversion read through the family's `maps`; an error when weights of the system's parts are missing."""
-    path = Path(path).expanduser()
+    path = validation.folder("checkpoint folder", path)
     hf_config = read_hf_config(path)
     cmap = find_map(maps, hf_config, f"{path}/config.json")
     config = config_cls.from_hf(hf_config)
-    _, params = load_params(path, cmap, dtype=None if dtype is None else jax.numpy.dtype(dtype))
+    _, params = load_params(path, cmap, dtype=validation.float_dtype("dtype", dtype))
     if missing := [name for name in system.param_specs(config) if name not in params]:
         raise ValueError(f"{path}: the checkpoint has no weights for {missing}")
     return path, hf_config, config, params
@@ -55,27 +56,34 @@ class BasePipeline:
         self.config, self.params, self.processor = config, params, processor
         self.eos_ids, self.pad_id = eos_ids, pad_id
 
-    def _options(self, max_new_tokens: int, sampling: Sampling, seed: int) -> dict:
+    def _options(self, inputs: dict, max_new_tokens: int, sampling: Sampling, seed: int) -> dict:
+        """The loop's keyword arguments, each checked (types, ranges) before anything runs."""
+        if not isinstance(inputs, dict) or "input_ids" not in inputs:
+            raise TypeError(
+                f"inputs must be the dict pipe.prepare returns (with input_ids), got {type(inputs).__name__}"
+            )
+        if not isinstance(sampling, Sampling):
+            raise TypeError(f"sampling must be an omni_jax Sampling, got {type(sampling).__name__}")
         return dict(
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=validation.integer("max_new_tokens", max_new_tokens, minimum=1),
             sampling=sampling,
             eos_ids=self.eos_ids,
             pad_id=self.pad_id,
-            seed=seed,
+            seed=validation.integer("seed", seed),
         )
 
     def generate(
         self, inputs: dict, *, max_new_tokens: int, sampling: Sampling = GREEDY, seed: int = 0
     ) -> np.ndarray:
         """New token ids b n (finished rows padded with the pad id)."""
-        options = self._options(max_new_tokens, sampling, seed)
+        options = self._options(inputs, max_new_tokens, sampling, seed)
         return np.asarray(self.system.generate(self.params, self.config, inputs, **options))
 
     def stream(
         self, inputs: dict, *, max_new_tokens: int, sampling: Sampling = GREEDY, seed: int = 0
     ) -> Iterator[np.ndarray]:
         """Each step's tokens (b,) as they are chosen."""
-        options = self._options(max_new_tokens, sampling, seed)
+        options = self._options(inputs, max_new_tokens, sampling, seed)
         yield from self.system.stream(self.params, self.config, inputs, **options)
 
     def decode(self, ids) -> list[str]:

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omni_jax import sharding
+from omni_jax import sharding, validation
 from omni_jax.models.decoder import Config, forward
 from omni_jax.nn.cache import CACHE_AXES, KVCache, init_cache, left_pad_start
 
@@ -146,8 +146,8 @@ def prepare(
         raise ValueError(
             f"inputs must be token ids (b, t) or embeddings (b, t, {config.hidden_size}), got {inputs.shape}"
         )
-    if inputs.ndim == 2 and not jnp.issubdtype(inputs.dtype, jnp.integer):
-        raise ValueError(f"token ids must be integers, got {inputs.dtype}")
+    if inputs.ndim == 2:
+        validation.token_ids("input_ids", np.asarray(inputs), config.vocab_size)
     if inputs.ndim == 2 and not config.embed:
         raise ValueError("this decoder has no embedding table: pass embeddings (b, t, d)")
     b, t = inputs.shape[:2]

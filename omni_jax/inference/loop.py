@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omni_jax import sharding
+from omni_jax import sharding, validation
 from omni_jax.inference.engine import StepModel, TokenDecoder, bucket, prepare, run_prefill, run_step
 from omni_jax.inference.sampling import GREEDY, Sampling, sample
 from omni_jax.models.decoder import Config
@@ -45,7 +45,7 @@ def generate(
 ) -> jax.Array:  # fmt: skip
     """New tokens b max_new_tokens (pad after a row's EOS). `prompt_ids` (b t) are what the repetition penalty
     sees for the prompt (default: `inputs` when they are ids)."""
-    eos, pad, length = _settings(config, inputs, max_new_tokens, eos_ids, pad_id, cache_length)
+    eos, pad, length = _settings(config, inputs, max_new_tokens, eos_ids, pad_id, cache_length, sampling)
     seen = _prompt_seen(config, sampling, inputs, prompt_ids)  # before bucket padding adds id 0
     prompt = prepare(config, inputs, attention_mask, positions, layer_inputs, length - max_new_tokens)
     return generate_steps(
@@ -61,7 +61,9 @@ def stream(params: dict, config: Config, inputs: Any, **options: Any) -> Iterato
     bound.apply_defaults()
     a = bound.arguments
     max_new_tokens, sampling = a["max_new_tokens"], a["sampling"]
-    eos, pad, length = _settings(config, inputs, max_new_tokens, a["eos_ids"], a["pad_id"], a["cache_length"])
+    eos, pad, length = _settings(
+        config, inputs, max_new_tokens, a["eos_ids"], a["pad_id"], a["cache_length"], sampling
+    )
     seen = _prompt_seen(config, sampling, inputs, a["prompt_ids"])
     prompt = prepare(
         config, inputs, a["attention_mask"], a["positions"], a["layer_inputs"], length - max_new_tokens
@@ -80,6 +82,7 @@ def generate_steps(
     sampling: Sampling = GREEDY, eos_ids: tuple[int, ...] = (), pad_id: int = 0, seed: int = 0,
 ) -> jax.Array:  # fmt: skip
     """New tokens b max_new_tokens of `model` on a prepared `prompt` (leading axis: batch), on device."""
+    validation.integer("seed", seed)
     return _generate(
         model, params, prompt, seen, jax.random.PRNGKey(seed), batch=len(jax.tree.leaves(prompt)[0]),
         max_new=max_new_tokens, sampling=sampling, eos=tuple(eos_ids), pad=pad_id, length=length,
@@ -93,6 +96,7 @@ def stream_steps(
 ) -> Iterator[np.ndarray]:  # fmt: skip
     """Each step's tokens (b,) of `model` on a prepared `prompt`; the same tokens as `generate_steps`."""
     b, eos = len(jax.tree.leaves(prompt)[0]), tuple(eos_ids)
+    validation.integer("seed", seed)
     step = run_prefill(model, params, prompt, model.init_cache(params, b, length))
     key, done = jax.random.PRNGKey(seed), jnp.zeros((b,), bool)
     for i in range(max_new_tokens):
@@ -104,15 +108,24 @@ def stream_steps(
 
 
 def _settings(
-    config, inputs, max_new_tokens, eos_ids, pad_id, cache_length
+    config, inputs, max_new_tokens, eos_ids, pad_id, cache_length, sampling
 ) -> tuple[tuple[int, ...], int, int]:
     """Checked (eos ids, pad id, cache length); overflow is an error before anything runs."""
     if not config.embed or not config.lm_head:
         raise ValueError("generation needs a decoder with an embedding table and an lm_head")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if not isinstance(sampling, Sampling):
+        raise TypeError(f"sampling must be an omni_jax Sampling, got {type(sampling).__name__}")
+    if np.ndim(inputs) not in (2, 3):
+        raise ValueError(
+            f"inputs must be token ids (batch, length) or embeddings (batch, length, d), got shape "
+            f"{np.shape(inputs)}" + ("; add a batch axis: ids[None]" if np.ndim(inputs) == 1 else "")
+        )
+    validation.integer("max_new_tokens", max_new_tokens, minimum=1)
     eos = (eos_ids,) if isinstance(eos_ids, int) else tuple(eos_ids)
-    pad = pad_id if pad_id is not None else (eos[0] if eos else 0)
+    for i, token in enumerate(eos):
+        if not 0 <= validation.integer(f"eos_ids[{i}]", token) < config.vocab_size:
+            raise ValueError(f"eos_ids[{i}] = {token} is outside the vocabulary [0, {config.vocab_size})")
+    pad = validation.integer("pad_id", pad_id) if pad_id is not None else (eos[0] if eos else 0)
     t = np.shape(inputs)[1]
     length = bucket(t, 1 << 62) + max_new_tokens if cache_length is None else cache_length
     if t + max_new_tokens > length:

@@ -12,6 +12,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from omni_jax import validation
+
 
 @dataclasses.dataclass(frozen=True)
 class Sampling:
@@ -24,11 +26,22 @@ class Sampling:
     suppress_tokens: tuple[int, ...] = ()
 
     def __post_init__(self):
-        if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1 or self.repetition_penalty <= 0:
-            raise ValueError(
-                f"invalid sampling settings {self}: need temperature >= 0, top_k >= 0, 0 < top_p <= 1, "
-                "repetition_penalty > 0"
-            )
+        """Types, finiteness (NaN / inf refused) and ranges of every setting, each error naming it."""
+        temperature = validation.finite("temperature", self.temperature)
+        validation.integer("top_k", self.top_k, minimum=0)
+        top_p = validation.finite("top_p", self.top_p)
+        penalty = validation.finite("repetition_penalty", self.repetition_penalty)
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
+        if penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0 (1 = none), got {penalty}")
+        if not isinstance(self.suppress_tokens, tuple):
+            kind = type(self.suppress_tokens).__name__
+            raise TypeError(f"suppress_tokens must be a tuple of ids, got {kind}")
+        for i, token in enumerate(self.suppress_tokens):
+            validation.integer(f"suppress_tokens[{i}]", token, minimum=0)
 
     @property
     def greedy(self) -> bool:

@@ -28,8 +28,9 @@ import jax
 import jax.numpy as jnp
 from einops import rearrange
 
+from omni_jax import validation
 from omni_jax.convert.keymap import EXPERTS, LINEAR, Rule
-from omni_jax.nn.attention import attention, cache_attention
+from omni_jax.nn.attention import BLOCKED_FROM, attention, cache_attention, causal_blocked_attention
 from omni_jax.nn.cache import KVCache
 from omni_jax.nn.layers import linear, linear_spec, rms_norm, rms_norm_spec
 from omni_jax.nn.moe import MOE_IMPLS, gated_mlp, gated_mlp_spec, moe, moe_spec
@@ -114,6 +115,14 @@ class Config:
         rope = dict(c.get("rope_parameters") or c.get("rope_scaling") or {})
         if rope.get("rope_type", rope.get("type", "default")) != "default":
             raise ValueError(f"{model_type}: only the default RoPE type is supported, got {rope}")
+        required = (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+        )
+        validation.config_keys(f"{model_type} config", c, required)
         n_layers, heads = c["num_hidden_layers"], c["num_attention_heads"]
         n_experts = c.get("num_experts", c.get("num_local_experts", 0)) or 0
         step, dense_only = c.get("decoder_sparse_step", 1) or 1, set(c.get("mlp_only_layers") or ())
@@ -394,6 +403,8 @@ def _attend_fn(kv, layer, mask, start, cache: KVCache | None, t: int):
         if t == 1:  # decode: read the layer in place
             return cache_attention(q, k_all, v_all, layer, start, cache.index + 1), (k_all, v_all)
         k_l, v_l = k_all[layer].astype(q.dtype), v_all[layer].astype(q.dtype)
+        if k_l.shape[1] >= BLOCKED_FROM:  # long prefill: memory linear in the length
+            return causal_blocked_attention(q, k_l, v_l, start=start, offset=cache.index), (k_all, v_all)
         return attention(q, k_l, v_l, mask=mask[:, None]), (k_all, v_all)
 
     return attend

@@ -1,4 +1,5 @@
-"""Dot-product attention: masked (with GQA) and windowed (block-diagonal, packed into windows)."""
+"""Dot-product attention: masked (with GQA), windowed (block-diagonal, packed into windows), and blocked
+(exact, in query/key blocks, for long sequences)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from omni_jax.nn import cpu_kernels
 
 # A finite mask value keeps fully masked rows (left padding) free of NaN.
 MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+# cache lengths from which a decoder prefill attends with `causal_blocked_attention` (memory linear in t)
+BLOCKED_FROM = 2048
 
 
 def attention(
@@ -108,3 +111,56 @@ def blocked_attention(
 
     out = jax.lax.map(row, (qb, kh, vh, mask))  # b n h blk d
     return out.transpose(0, 1, 3, 2, 4).reshape(b, n * size, h, -1)[:, :t]
+
+
+def causal_blocked_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    start: jax.Array,
+    offset: jax.Array | int = 0,
+    scale: float | None = None,
+    block: int = 512,
+) -> jax.Array:
+    """Causal softmax attention with left padding, flash-style: queries and keys in blocks, an online
+    softmax (running max and sum) over the key blocks, so memory is linear in the length (the float32 logits
+    in flight are b h block block). Query i sits at slot offset + i and attends to keys start[b] .. itself.
+    q: b t h d; k, v: b s kh d (GQA, h % kh == 0); start: b int. Equals `attention` with that mask (rows
+    with no key to attend, i.e. left padding, aside). -> b t h d."""
+    b, t, h, d = q.shape
+    s, kh = k.shape[1], k.shape[2]
+    g, dv = h // kh, v.shape[-1]
+    scale = d**-0.5 if scale is None else scale
+    nq, nk = -(-t // block), -(-s // block)
+    qb = jnp.pad(q, ((0, 0), (0, nq * block - t), (0, 0), (0, 0))).reshape(b, nq, block, kh, g, d)
+    kb, vb = (
+        jnp.pad(x, ((0, 0), (0, nk * block - s), (0, 0), (0, 0))).reshape(b, nk, block, kh, x.shape[-1])
+        for x in (k, v)
+    )
+    start = jnp.asarray(start, jnp.int32)
+
+    def query_block(i):  # -> b kh g block dv
+        qi = qb[:, i]  # b block kh g d
+        q_slots = offset + i * block + jnp.arange(block)
+
+        def key_block(carry, j):
+            top, total, acc = carry  # b kh g block (x2), b kh g block dv
+            k_slots = j * block + jnp.arange(block)
+            allowed = (k_slots[None, None] >= start[:, None, None]) & (k_slots[None] <= q_slots[:, None])
+            allowed &= k_slots < s  # b block(q) block(k)
+            logits = jnp.einsum("bqkgd,bskd->bkgqs", qi, kb[:, j]).astype(jnp.float32) * scale
+            logits = jnp.where(allowed[:, None, None], logits, MASK_VALUE)
+            new_top = jnp.maximum(top, logits.max(-1))
+            e = jnp.exp(logits - new_top[..., None])
+            fix = jnp.exp(top - new_top)
+            part = jnp.einsum("bkgqs,bskd->bkgqd", e.astype(v.dtype), vb[:, j]).astype(jnp.float32)
+            return (new_top, total * fix + e.sum(-1), acc * fix[..., None] + part), None
+
+        shape = (b, kh, g, block)
+        init = (jnp.full(shape, -jnp.inf), jnp.zeros(shape), jnp.zeros((*shape, dv)))
+        (_, total, acc), _ = jax.lax.scan(key_block, init, jnp.arange(nk))
+        return (acc / total[..., None]).astype(v.dtype)
+
+    out = jax.lax.map(query_block, jnp.arange(nq))  # nq b kh g block dv
+    return jnp.einsum("nbkgqd->bnqkgd", out).reshape(b, nq * block, h, dv)[:, :t]

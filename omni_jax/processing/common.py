@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from omni_jax import validation
 from omni_jax.audio import load_audio
 from omni_jax.audio.features import SAMPLING_RATE
+from omni_jax.audio.io import to_float32
 from omni_jax.processing.tokenizer import (
     Tokenizer,
     normalize_conversations,
@@ -26,25 +29,57 @@ def as_texts(text) -> list[str]:
     return list(texts)
 
 
-def as_clips(audio, sampling_rate: int) -> list[np.ndarray]:
-    """A 1-D waveform or a list of them at 16 kHz -> list of float32 1-D arrays."""
+def as_clips(audio, sampling_rate: int = SAMPLING_RATE, name: str = "audio") -> list[np.ndarray]:
+    """A 1-D waveform, an audio file path, or a list of them at 16 kHz -> list of float32 1-D arrays (files
+    are read and resampled; integer PCM is scaled to [-1, 1); NaN / inf refused, naming the clip)."""
     if sampling_rate != SAMPLING_RATE:
         raise ValueError(
             f"audio must be sampled at {SAMPLING_RATE} Hz, got sampling_rate={sampling_rate}; resample it "
             "first (omni_jax.audio.resample, or omni_jax.audio.load_audio(path), which resamples on load)"
         )
-    clips = [audio] if isinstance(audio, np.ndarray) and audio.ndim == 1 else audio
+    single = isinstance(audio, str | os.PathLike) or (isinstance(audio, np.ndarray) and audio.ndim == 1)
+    clips = [audio] if single else audio
     if isinstance(clips, np.ndarray) or not isinstance(clips, Sequence) or not clips:
-        raise ValueError("audio must be a 1-D waveform or a non-empty list of 1-D waveforms")
-    out = []
-    for i, clip in enumerate(clips):
-        clip = np.asarray(clip)
-        if clip.ndim != 1 or clip.size == 0 or not np.issubdtype(clip.dtype, np.number):
-            raise ValueError(
-                f"audio {i} has shape {clip.shape} and dtype {clip.dtype}; expected non-empty 1-D samples"
-            )
-        out.append(clip.astype(np.float32))
-    return out
+        raise ValueError(
+            f"{name} must be a 1-D waveform, a file path, or a non-empty list of them, got "
+            + (f"an array of shape {clips.shape}" if isinstance(clips, np.ndarray) else type(clips).__name__)
+        )
+    return [_clip(f"{name}[{i}]", clip) for i, clip in enumerate(clips)]
+
+
+def _clip(name: str, clip) -> np.ndarray:
+    if isinstance(clip, str | os.PathLike):
+        return load_audio(clip)  # names the file in its errors
+    clip = np.asarray(clip)
+    if clip.ndim != 1 or clip.size == 0 or not np.issubdtype(clip.dtype, np.number):
+        raise ValueError(
+            f"{name} has shape {clip.shape} and dtype {clip.dtype}; expected non-empty 1-D samples"
+        )
+    return validation.finite_array(name, to_float32(clip))
+
+
+def check_audio_length(clips: list[np.ndarray], limit: float) -> None:
+    """Raise, naming each clip and its length, when a clip is longer than `limit` seconds (max_audio_len)."""
+    if long := [
+        f"{i} ({len(a) / SAMPLING_RATE:.1f} s)" for i, a in enumerate(clips) if len(a) > limit * SAMPLING_RATE
+    ]:
+        raise ValueError(
+            f"audio {', '.join(long)} past the limit of {limit:g} s (max_audio_len, set in "
+            "processor_config.json); cut the clip or raise the limit"
+        )
+
+
+def as_requests(prompt, n: int) -> list[str | None]:
+    """None, one string for every clip, or n strings / None (None: the model's default request)."""
+    prompts = [prompt] * n if prompt is None or isinstance(prompt, str) else prompt
+    if (
+        isinstance(prompts, np.ndarray)
+        or not isinstance(prompts, Sequence)
+        or len(prompts) != n
+        or not all(p is None or isinstance(p, str) for p in prompts)
+    ):
+        raise ValueError(f"prompts must be None, a string or {n} strings/None (one per clip), got {prompt!r}")
+    return list(prompts)
 
 
 def expand_placeholders(texts: list[str], token: str, replacements: list[str]) -> list[str]:

@@ -24,6 +24,26 @@ def shipped_speech() -> Path:
     return Path(str(importlib.resources.files("omni_jax") / "assets" / "speech.wav"))
 
 
+def read_af3_config(config: str | Path) -> dict:
+    """The HF config.json content of a tiny AudioFlamingo3 (checked by omni_jax's own Config.from_hf, which
+    refuses another model_type or missing keys rather than building a default-sized model)."""
+    from omni_jax.families.audioflamingo3.system import Config
+
+    path = Path(config).expanduser()
+    try:
+        hf = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read the config ({e})") from None
+    if not isinstance(hf, dict) or hf.get("model_type") != "audioflamingo3":
+        kind = hf.get("model_type") if isinstance(hf, dict) else type(hf).__name__
+        raise ValueError(
+            f"{path}: model_type {kind!r}; tiny checkpoints (and the demo) are built for AudioFlamingo3 "
+            "configs only (model_type 'audioflamingo3', e.g. configs/tiny-audioflamingo3.json)"
+        )
+    Config.from_hf(hf)
+    return hf
+
+
 def tiny_checkpoint(folder: str | Path, config: str | Path = TINY_CONFIG, seed: int = 0) -> Path:
     """Write a random AudioFlamingo3ForConditionalGeneration of `config` (HF config.json content) and the tiny
     tokenizer into `folder`. Weights are redrawn (norm scales 1 + 0.1 N(0, 1), the rest 0.1 N(0, 1)) so that
@@ -36,7 +56,7 @@ def tiny_checkpoint(folder: str | Path, config: str | Path = TINY_CONFIG, seed: 
 
     folder = Path(folder)
     save_tokenizer_files(folder, "audioflamingo3")
-    hf_config = transformers.AudioFlamingo3Config.from_dict(json.loads(Path(config).read_text()))
+    hf_config = transformers.AudioFlamingo3Config.from_dict(read_af3_config(config))
     torch.manual_seed(seed)
     model = transformers.AudioFlamingo3ForConditionalGeneration(hf_config).eval()
     randomize(model, seed)
@@ -50,7 +70,8 @@ def tiny_checkpoint(folder: str | Path, config: str | Path = TINY_CONFIG, seed: 
 
 def cached_tiny_checkpoint(config: Path = TINY_CONFIG) -> Path:
     """The tiny HF folder of `config` under .cache/, built on first use (atomically)."""
-    recipe = config.read_bytes() + inspect.getsource(tiny_checkpoint).encode()
+    read_af3_config(config)
+    recipe = Path(config).expanduser().read_bytes() + inspect.getsource(tiny_checkpoint).encode()
     folder = CACHE / f"{config.stem}-{hashlib.sha256(recipe).hexdigest()[:10]}"
     if not (folder / "config.json").is_file():
         CACHE.mkdir(parents=True, exist_ok=True)

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from omni_jax.audio.features import SAMPLING_RATE
 from omni_jax.families.audioflamingo3 import system as af3
 from omni_jax.families.audioflamingo3.checkpoint import MAPS
 from omni_jax.families.audioflamingo3.processor import AudioFlamingo3Processor
 from omni_jax.families.base import BasePipeline, decode_layout, load_checkpoint
 from omni_jax.inference.loop import stop_ids
+from omni_jax.processing.common import as_clips, check_audio_length
 
 
 class Pipeline(BasePipeline):
@@ -30,17 +30,11 @@ class Pipeline(BasePipeline):
     def prepare(
         self, audios: list[np.ndarray], prompts: list[str | None] | None = None
     ) -> dict[str, np.ndarray]:
-        """16-kHz clips and one request each (None: the transcription request) -> numpy model inputs."""
-        limit = self.processor.config.max_audio_len
-        if long := [
-            f"{i} ({len(a) / SAMPLING_RATE:.1f} s)"
-            for i, a in enumerate(audios)
-            if len(a) > limit * SAMPLING_RATE
-        ]:
-            raise ValueError(
-                f"audio {', '.join(long)} past the model's limit of {limit:g} s (max_audio_len); cut it"
-            )
-        inputs = self.processor.apply_transcription_request(list(audios), prompt=prompts)
+        """16-kHz clips (or audio file paths) and one request each (None: the transcription request) -> numpy
+        model inputs."""
+        clips = as_clips(audios, name="audios")
+        check_audio_length(clips, self.processor.config.max_audio_len)
+        inputs = self.processor.apply_transcription_request(clips, prompt=prompts)
         dtype = self.params["encoder"]["conv1"]["kernel"].dtype
         return inputs | {"input_features": inputs["input_features"].astype(dtype)}
 

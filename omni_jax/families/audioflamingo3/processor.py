@@ -17,7 +17,12 @@ import numpy as np
 
 from omni_jax.audio import log_mel
 from omni_jax.audio.features import SAMPLING_RATE
-from omni_jax.processing.common import AudioTextProcessor, check_placeholder_count, feature_config
+from omni_jax.processing.common import (
+    AudioTextProcessor,
+    as_requests,
+    check_placeholder_count,
+    feature_config,
+)
 from omni_jax.processing.tokenizer import Tokenizer
 
 ANSWER_PREFIXES = (
@@ -152,11 +157,7 @@ class AudioFlamingo3Processor(AudioTextProcessor):
         items = [audio] if single else list(audio)
         if not items:
             raise ValueError("audio must contain at least one clip")
-        prompts = [prompt] * len(items) if prompt is None or isinstance(prompt, str) else list(prompt)
-        if len(prompts) != len(items) or not all(p is None or isinstance(p, str) for p in prompts):
-            raise ValueError(
-                f"prompt must be None, a string or {len(items)} strings/None (one per clip), got {prompt!r}"
-            )
+        prompts = as_requests(prompt, len(items))
         default = self.config.default_transcription_prompt
         conversations = [
             [

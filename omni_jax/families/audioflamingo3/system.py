@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from omni_jax import validation
 from omni_jax.inference import loop
 from omni_jax.inference.sampling import GREEDY, Sampling
 from omni_jax.models import decoder, projector, whisper_encoder
@@ -55,6 +56,8 @@ class Config:
         """From an AudioFlamingo3Config object or its config.json dict."""
         if hf_get(cfg, "model_type") != "audioflamingo3":
             raise ValueError(f"not an AudioFlamingo3 config: model_type {hf_get(cfg, 'model_type')!r}")
+        if isinstance(cfg, dict):
+            validation.config_keys("audioflamingo3 config", cfg, ("audio_config", "text_config"))
         text = cfg["text_config"] if isinstance(cfg, dict) else cfg.text_config
         return cls(
             encoder=whisper_encoder.WhisperEncoderConfig.from_hf(cfg),
@@ -108,14 +111,13 @@ def embed_inputs(
 ) -> jax.Array:
     """Token ids b s (+ log-mel windows w mel frames and their frame mask w frames) -> embeddings b s d with
     the audio in the `<sound>` rows. All checks run before any compute."""
-    ids = np.asarray(input_ids)
-    if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"input_ids must be integer (batch, length), got {ids.dtype} {ids.shape}")
+    ids = validation.token_ids("input_ids", input_ids, config.decoder.vocab_size)
     if input_features is None:
         check_audio_tokens(ids, np.zeros((0,), np.int64), config.audio_token_id)
         return decoder.embed(params["decoder"], config.decoder, jnp.asarray(ids))
     if input_features_mask is None:
         raise ValueError("input_features_mask is required with input_features (1 = real mel frame)")
+    validation.finite_array("input_features", np.asarray(input_features))
     lengths = whisper_encoder.check_inputs(
         config.encoder, input_features, input_features_mask, params["encoder"]["conv1"]["kernel"].dtype
     )

@@ -1,5 +1,5 @@
 """Where Qwen3-Omni's HF keys land: the whole model (thinker, talker, code predictor, code2wav) or a
-thinker saved on its own."""
+thinker saved on its own. The audio encoder and the thinker are required; the speech parts are optional."""
 
 from omni_jax.convert.parts import CheckpointMap, Part
 from omni_jax.models import aut_encoder, code2wav, decoder
@@ -20,12 +20,15 @@ MAPS = (
                 "thinker", decoder, decoder.Config, "thinker.", ("thinker_config", "text_config"),
                 aliases=(("thinker.model.", "thinker.model.language_model."),),
             ),
-            Part("talker", decoder, decoder.Config, "talker.", ("talker_config", "text_config")),
+            Part(
+                "talker", decoder, decoder.Config, "talker.", ("talker_config", "text_config"),
+                optional=True,
+            ),
             Part(
                 "code_predictor", decoder, decoder.Config, "talker.code_predictor.",
-                ("talker_config", "code_predictor_config"),
+                ("talker_config", "code_predictor_config"), optional=True,
             ),
-            Part("code2wav", code2wav, code2wav.Config, "code2wav."),
+            Part("code2wav", code2wav, code2wav.Config, "code2wav.", optional=True),
         ),
         passthrough=(
             r"thinker\.(model\.)?visual\.",

@@ -20,6 +20,7 @@ from omni_jax.families.qwen3_omni import system as thinker
 from omni_jax.families.qwen3_omni.checkpoint import MAPS
 from omni_jax.families.qwen3_omni.processor import Qwen3OmniProcessor
 from omni_jax.inference.sampling import GREEDY, Sampling
+from omni_jax.processing.common import as_clips, as_requests, check_audio_length
 
 DEFAULT_PROMPT = "Transcribe the input speech."
 IM_END = 151645
@@ -27,11 +28,7 @@ IM_END = 151645
 
 def conversations(audios: list[np.ndarray], prompts: list[str | None] | None) -> list[list[dict]]:
     """One user turn per clip: the audio, then its request (None: DEFAULT_PROMPT)."""
-    prompts = [None] * len(audios) if prompts is None else list(prompts)
-    if not audios or len(prompts) != len(audios):
-        raise ValueError(
-            f"need one prompt per audio and at least one audio: {len(audios)} audios, {len(prompts)} prompts"
-        )
+    prompts = as_requests(prompts, len(audios))
     return [
         [{"role": "user", "content": [{"type": "audio", "audio": np.asarray(a, np.float32)},
                                       {"type": "text", "text": DEFAULT_PROMPT if p is None else p}]}]
@@ -47,8 +44,10 @@ class Pipeline(BasePipeline):
     def prepare(
         self, audios: list[np.ndarray], prompts: list[str | None] | None = None
     ) -> dict[str, np.ndarray]:
-        """16-kHz clips and one request each -> numpy model inputs (left-padded batch)."""
-        chats = conversations(audios, prompts)
+        """16-kHz clips (or audio file paths) and one request each -> numpy model inputs (left-padded)."""
+        clips = as_clips(audios, name="audios")
+        check_audio_length(clips, self.processor.config.max_audio_len)
+        chats = conversations(clips, prompts)
         return self.processor.apply_chat_template(
             chats, tokenize=True, add_generation_prompt=True, return_dict=True
         )

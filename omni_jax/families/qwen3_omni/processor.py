@@ -25,11 +25,16 @@ from omni_jax.processing.tokenizer import Tokenizer
 @dataclasses.dataclass(frozen=True)
 class Qwen3OmniProcessorConfig:
     num_mel_bins: int = 128
+    # seconds per clip the pipeline accepts (transformers sets none; memory and time grow with it)
+    max_audio_len: float = 600.0
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> Qwen3OmniProcessorConfig:
-        _, features = feature_config(Path(folder))
-        return cls(num_mel_bins=features.get("feature_size", cls.num_mel_bins))
+        processor, features = feature_config(Path(folder))
+        return cls(
+            num_mel_bins=features.get("feature_size", cls.num_mel_bins),
+            max_audio_len=float(processor.get("max_audio_len", cls.max_audio_len)),
+        )
 
 
 class Qwen3OmniProcessor(AudioTextProcessor):

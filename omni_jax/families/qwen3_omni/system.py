@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from omni_jax import validation
 from omni_jax.families.qwen3_omni.positions import PositionConfig, rope_index
 from omni_jax.inference import engine, loop
 from omni_jax.inference.sampling import GREEDY, Sampling
@@ -56,7 +57,13 @@ class ThinkerConfig:
     def from_hf(cls, hf: Any) -> ThinkerConfig:
         """From a Qwen3OmniMoeConfig (its talker_config gives accept_hidden_layer) or a thinker config."""
         c = hf if isinstance(hf, dict) else hf.to_dict()
+        if c.get("model_type") not in ("qwen3_omni_moe", "qwen3_omni_moe_thinker"):
+            raise ValueError(
+                f"not a Qwen3-Omni config: model_type {c.get('model_type')!r} (expected qwen3_omni_moe or "
+                "qwen3_omni_moe_thinker)"
+            )
         thinker = c.get("thinker_config", c)
+        validation.config_keys(f"{c['model_type']} thinker config", thinker, ("audio_config", "text_config"))
         return cls(
             audio=aut_encoder.AuTConfig.from_hf(thinker),
             text=decoder.Config.from_hf({"model_type": "qwen3_omni_moe_text", **thinker["text_config"]}),
@@ -104,9 +111,7 @@ def check_inputs(
         )
     if unknown := sorted(set(inputs) - set(INPUTS) - set(VISION_INPUTS)):
         raise ValueError(f"unexpected inputs {unknown}; expected {INPUTS}")
-    ids = np.asarray(inputs.get("input_ids"))
-    if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"input_ids must be integers (batch, length), got {ids.dtype} {ids.shape}")
+    ids = validation.token_ids("input_ids", inputs.get("input_ids"), config.text.vocab_size)
     mask = inputs.get("attention_mask")
     mask = np.ones(ids.shape, bool) if mask is None else np.asarray(mask).astype(bool)
     if mask.shape != ids.shape:
@@ -121,7 +126,8 @@ def check_inputs(
         )
     lengths = np.zeros((0,), np.int64)
     if features is not None:
-        features, feature_mask = np.asarray(features), np.asarray(feature_mask).astype(bool)
+        features = validation.finite_array("input_features", np.asarray(features))
+        feature_mask = np.asarray(feature_mask).astype(bool)
         if features.ndim != 3 or features.shape[1] != config.audio.num_mel_bins:
             raise ValueError(
                 f"input_features must be (audios, {config.audio.num_mel_bins}, frames), got {features.shape}"
