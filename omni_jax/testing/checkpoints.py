@@ -90,9 +90,10 @@ def tame_code2wav_init(module, seed: int = 0):
 
 def tiny_omni_model(config: str | Path = TINY_OMNI_CONFIG, seed: int = 0):
     """A random Qwen3OmniMoeForConditionalGeneration with talker and Code2Wav (float32, eval). The thinker's
-    token embeddings and audio output are scaled x10 so ids and audio steer its greedy path, and only ids the
-    tiny tokenizer knows can be generated; the talker's weights are drawn at 0.2 so its codes vary, with a
-    codec_eos logit that grows with the talker's input norm so rows end at different lengths."""
+    token embeddings and audio output are scaled x10 so ids and audio steer its greedy path, only ids the
+    tiny tokenizer knows can be generated and `<|im_end|>`'s logit is x3 (answers end after a few tokens);
+    the talker's weights are drawn at 0.2 so its codes vary, and codec_eos's logit is x6, so that greedy
+    speech ends at codec_eos for some prompts and runs to the token limit for others."""
     import torch
     import transformers
 
@@ -112,6 +113,8 @@ def tiny_omni_model(config: str | Path = TINY_OMNI_CONFIG, seed: int = 0):
             p.mul_(10)
         head = thinker.lm_head.weight
         head.copy_(torch.zeros_like(head).index_copy_(0, torch.tensor(known), head[torch.tensor(known)]))
+        head[hf_config.im_end_token_id] *= 3
+        model.talker.codec_head.weight[hf_config.talker_config.codec_eos_token_id] *= 6
     return model
 
 

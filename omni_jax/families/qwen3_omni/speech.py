@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from omni_jax.families import base
+from omni_jax.families.qwen3_omni import system
 from omni_jax.inference import engine
 from omni_jax.inference.sampling import Sampling, sample
 from omni_jax.models import code2wav, decoder, talker
@@ -166,6 +168,16 @@ def talker_prompt(
 
 
 # ---------------------------------------------------------------- the Talker as a StepModel
+
+
+def decode_layout(params: dict, config: talker.TalkerConfig) -> dict:
+    """The talker's parameters with its two decoders in the backend's decode layout (families.base)."""
+    predictor = params["code_predictor"]
+    return {
+        **params,
+        "model": base.decode_layout(params["model"], config.body),
+        "code_predictor": {**predictor, "model": base.decode_layout(predictor["model"], config.predictor)},
+    }
 
 
 @jax.tree_util.register_dataclass
@@ -382,11 +394,9 @@ class WavStream:
         size = self.first if len(self.frames) == self.pending else self.packet
         return self._decode() if self.pending >= size or self._at_chunk_end() else None
 
-    def end_rows(self, lengths: np.ndarray) -> None:
-        """Rows whose codec_eos is known: row r keeps the first lengths[r] frames' samples."""
-        for r, n in enumerate(lengths):
-            if n is not None:
-                self.limit[r] = wave_length(self.config, int(n))
+    def end_row(self, row: int, frames: int) -> None:
+        """Row `row` reached codec_eos: it keeps the samples of its first `frames` frames only."""
+        self.limit[row] = wave_length(self.config, frames)
 
     def flush(self) -> list[np.ndarray] | None:
         return self._decode() if self.pending else None
@@ -424,3 +434,26 @@ class WavStream:
             rows.append(wav[r, :keep])
             self.emitted[r] += keep
         return rows
+
+
+# ---------------------------------------------------------------- the whole chain
+
+
+def thinker_states(params: dict, thinker_config, inputs: dict) -> tuple[jax.Array, jax.Array]:
+    """The Thinker's fused input embeddings and its `accept_hidden_layer` output over the prompt (b l D)."""
+    layer = system.talker_layers(thinker_config)[1]
+    out = system.forward(params, thinker_config, inputs, hidden_layers=(0, layer))
+    return out.hidden_states[0], out.hidden_states[layer]
+
+
+def prompt_for(
+    params: dict, thinker_config, config: SpeechConfig, inputs: dict, new_ids: np.ndarray, *, speaker: str,
+    thinker_eos: tuple[int, ...],
+) -> TalkerPrompt:  # fmt: skip
+    """The talker prompt of processor `inputs` and the Thinker's new ids (b T, as transformers returns them)."""
+    config.talker.speaker_id(speaker)  # an unknown speaker fails before the Thinker forward
+    embeds, hidden = thinker_states(params, thinker_config, inputs)
+    return talker_prompt(
+        params, thinker_config.text, config, inputs["input_ids"], inputs.get("attention_mask"), embeds,
+        hidden, new_ids, speaker, thinker_eos,
+    )  # fmt: skip
