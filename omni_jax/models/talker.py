@@ -27,7 +27,15 @@ from omni_jax.nn.cache import init_cache
 from omni_jax.nn.layers import activation, linear, linear_spec
 from omni_jax.nn.params import ParamSpec
 
-SPECIAL_IDS = ("pad", "bos", "eos", "nothink", "think_bos", "think_eos")
+# codec control ids: name -> (talker_config key, released value; the class defaults lie outside the vocab)
+CODEC_IDS = {
+    "pad": ("codec_pad_id", 2148),
+    "bos": ("codec_bos_id", 2149),
+    "eos": ("codec_eos_token_id", 2150),
+    "nothink": ("codec_nothink_id", 2155),
+    "think_bos": ("codec_think_bos_id", 2156),
+    "think_eos": ("codec_think_eos_id", 2157),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +45,7 @@ class TalkerConfig:
     num_code_groups: int
     thinker_hidden_size: int
     projection_size: int  # ResizeMLP width (text_config.intermediate_size)
-    codec_ids: tuple[tuple[str, int], ...]  # SPECIAL_IDS -> codec id
+    codec_ids: tuple[tuple[str, int], ...]  # CODEC_IDS names -> codec id
     speakers: tuple[tuple[str, int], ...]  # lower-case name -> codec id
     accept_hidden_layer: int
 
@@ -68,7 +76,7 @@ class TalkerConfig:
             num_code_groups=groups,
             thinker_hidden_size=c.get("thinker_hidden_size", 2048),
             projection_size=text["intermediate_size"],
-            codec_ids=tuple((n, int(c[f"codec_{n}_id" if n != "eos" else "codec_eos_token_id"])) for n in SPECIAL_IDS),
+            codec_ids=tuple((n, int(c.get(key, value))) for n, (key, value) in CODEC_IDS.items()),
             speakers=tuple((k.lower(), int(v)) for k, v in (c.get("speaker_id") or {}).items()),
             accept_hidden_layer=c.get("accept_hidden_layer", 18),
         )

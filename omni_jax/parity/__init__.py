@@ -30,9 +30,9 @@ from omni_jax.parity.core import (
 from omni_jax.parity.reference import whisper_features_reference
 
 __all__ = [
-    "LOGITS_ATOL", "MODULE_ATOL", "SUPPORTED", "GenerateReport", "ParityCase", "Report", "compare",
-    "SpeechReport", "compare_features", "compare_generate", "exact_report", "from_torch", "masked_rows", "numpy_inputs",
-    "parity_case", "report", "trim_to", "whisper_features_reference",
+    "LOGITS_ATOL", "MODULE_ATOL", "SUPPORTED", "GenerateReport", "ParityCase", "Report", "SpeechReport",
+    "compare", "compare_features", "compare_generate", "exact_report", "from_torch", "masked_rows",
+    "numpy_inputs", "parity_case", "report", "trim_to", "whisper_features_reference",
 ]  # fmt: skip
 
 

@@ -29,7 +29,9 @@ class ParityTable:
     cases: dict[str, ParityCase]  # compare(module, ...)
     generate: dict[str, Callable] = dataclasses.field(default_factory=dict)  # compare_generate(module, ...)
     from_torch: dict[str, Callable] = dataclasses.field(default_factory=dict)  # module -> (config, params)
-    speech: dict[str, Callable] = dataclasses.field(default_factory=dict)  # compare_generate(..., return_audio)
+    speech: dict[str, Callable] = dataclasses.field(
+        default_factory=dict
+    )  # compare_generate(..., return_audio)
     stages: Callable[..., list] | None = None  # (hf_dir, audios, prompts, *, max_new_tokens) -> [Report]
 
 
@@ -124,10 +126,11 @@ class SpeechReport:
         return self.tokens_equal and self.codes_equal and self.waveform_snr_db >= self.min_snr_db
 
     def __str__(self) -> str:
+        same = {True: "identical", False: "DIFFERENT"}
         return (
-            f"{self.name}: tokens {'identical' if self.tokens_equal else 'DIFFERENT'}, codes "
-            f"{'identical' if self.codes_equal else 'DIFFERENT'}, waveform max_abs={self.waveform_max_abs_diff:.3g} "
-            f"SNR={self.waveform_snr_db:.1f} dB (>= {self.min_snr_db:g}) {'ok' if self.ok else 'FAIL'}"
+            f"{self.name}: tokens {same[self.tokens_equal]}, codes {same[self.codes_equal]}, waveform "
+            f"max_abs={self.waveform_max_abs_diff:.3g} SNR={self.waveform_snr_db:.1f} dB "
+            f"(>= {self.min_snr_db:g}) {'ok' if self.ok else 'FAIL'}"
         )
 
 

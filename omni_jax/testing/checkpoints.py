@@ -107,9 +107,16 @@ def tiny_omni_model(config: str | Path = TINY_OMNI_CONFIG, seed: int = 0):
     tame_code2wav_init(model.code2wav, seed + 2)
     thinker = model.thinker
     with tempfile.TemporaryDirectory() as tmp:
-        known = sorted(Tokenizer.from_pretrained(save_tokenizer_files(tmp, "qwen3_omni_moe")).backend.get_vocab().values())
+        known = sorted(
+            Tokenizer.from_pretrained(save_tokenizer_files(tmp, "qwen3_omni_moe"))
+            .backend.get_vocab()
+            .values()
+        )
     with torch.no_grad():
-        for p in (thinker.model.language_model.embed_tokens.weight, *thinker.model.audio_tower.proj2.parameters()):
+        for p in (
+            thinker.model.language_model.embed_tokens.weight,
+            *thinker.model.audio_tower.proj2.parameters(),
+        ):
             p.mul_(10)
         head = thinker.lm_head.weight
         head.copy_(torch.zeros_like(head).index_copy_(0, torch.tensor(known), head[torch.tensor(known)]))

@@ -6,20 +6,20 @@ Two clips of 2.5 s and 1.25 s: greedy, row 0 speaks up to the token limit and ro
 """
 
 import copy
-import json
 from importlib import resources
+from unittest import mock
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from unittest import mock
 
 from omni_jax import parity
-from omni_jax.audio import load_audio
+from omni_jax.audio import load_audio, save_audio
 from omni_jax.cli import generate as generate_cli
 from omni_jax.families.qwen3_omni import parity as omni_parity
 from omni_jax.families.qwen3_omni import pipeline, speech
+from omni_jax.models import code2wav
 from omni_jax.testing.checkpoints import tiny_omni_model
 from omni_jax.testing.tiny_tokenizer import save_tokenizer_files
 
@@ -92,7 +92,12 @@ def test_talker_prompt_matches_transformers(model, pipe, clips, case):
     if case == "batch of 2":
         inputs = pipe.prepare(clips, ["What is said?", None])
     else:
-        turns = [{"role": "user", "content": [{"type": "audio", "audio": clips[0]}, {"type": "text", "text": "Hi"}]}]
+        turns = [
+            {
+                "role": "user",
+                "content": [{"type": "audio", "audio": clips[0]}, {"type": "text", "text": "Hi"}],
+            }
+        ]
         if case.startswith("multi"):
             turns = [
                 {"role": "system", "content": [{"type": "text", "text": "You are a helpful assistant."}]},
@@ -104,8 +109,12 @@ def test_talker_prompt_matches_transformers(model, pipe, clips, case):
             [turns], tokenize=True, add_generation_prompt=True, return_dict=True
         )
     ref, new = torch_talker_prompt(model, inputs)
-    (config, speech_config), params = omni_parity.omni_from_torch(model)
-    ours = speech.prompt_for(params, config, speech_config, inputs, new, speaker="aiden", thinker_eos=pipe.eos_ids)
+    prefill = ref["thinker"].hidden_states[0]  # this stage alone: the Thinker's states are transformers'
+    embeds, hidden = (prefill[i].numpy() for i in (0, pipe.config.accept_hidden_layer))
+    ours = speech.talker_prompt(
+        pipe.params, pipe.speech, inputs["input_ids"], inputs["attention_mask"], embeds, hidden, new, "aiden",
+        pipe.eos_ids,
+    )  # fmt: skip
     np.testing.assert_allclose(np.asarray(ours.embeds), ref["inputs_embeds"].numpy(), atol=1e-5)
     np.testing.assert_allclose(np.asarray(ours.trailing), ref["trailing_text_hidden"].numpy(), atol=1e-5)
     np.testing.assert_allclose(np.asarray(ours.pad), ref["tts_pad_embed"][0, 0].numpy(), atol=1e-5)
@@ -152,8 +161,10 @@ def test_generate_returns_text_and_24khz_speech_per_row(model, pipe, inputs, spo
 
 @pytest.mark.parametrize("packet", [1, 4, 25])
 def test_stream_joins_to_the_one_shot_speech(pipe, inputs, spoken, packet):
+    """Packets of 1, 4 and 25 frames (the first of 1 frame, but one packet of all frames for 25)."""
+    first = 1 if packet < 25 else packet
     events = list(pipe.stream(
-        inputs, max_new_tokens=NEW, return_audio=True, packet=packet, first_packet=1,
+        inputs, max_new_tokens=NEW, return_audio=True, packet=packet, first_packet=first,
         talker_do_sample=False, talker_max_new_tokens=TALKER,
     ))  # fmt: skip
     kinds = [e.kind for e in events]
@@ -170,13 +181,14 @@ def test_stream_joins_to_the_one_shot_speech(pipe, inputs, spoken, packet):
 def test_wav_stream_follows_the_chunk_schedule(pipe):
     """Past 300 frames the packets restart with 25 frames of context, as chunked_decode."""
     config = pipe.speech.code2wav
-    codes = np.random.default_rng(0).integers(0, config.codebook_size, (1, config.num_quantizers, 330))
-    tokens = np.zeros((1, 331), np.int64)
-    full = speech.waveforms(pipe.params["code2wav"], config, tokens, codes, eos=-1)[0]
-    stream = speech.WavStream(pipe.params["code2wav"], config, 1, packet=110)
+    codes = np.random.default_rng(0).integers(0, config.codebook_size, (1, config.num_quantizers, 310))
+    tokens = np.zeros((1, 311), np.int64)
+    full = np.asarray(code2wav.chunked_decode(pipe.params["code2wav"], config, codes))[0]
+    stream = speech.WavStream(pipe.params["code2wav"], config, 1, packet=300)
     chunks = [stream.push(codes[:, :, f]) for f in range(codes.shape[-1])] + [stream.flush()]
     joined = np.concatenate([c[0] for c in chunks if c is not None])
-    assert len(joined) == len(full) == 1920 * 330 - 2 * 555
+    assert len(joined) == len(full) == 1920 * 310 - 2 * 555
+    assert len(speech.waveforms(pipe.params["code2wav"], config, tokens, codes, eos=-1)[0]) == len(full)
     np.testing.assert_allclose(joined, full, atol=1e-5)
 
 
@@ -208,13 +220,18 @@ def test_bad_speech_requests_fail_early(pipe, inputs):
         text_only.generate(inputs, max_new_tokens=NEW, return_audio=True)
 
 
-@pytest.mark.parametrize("stream", [False, True])
-def test_cli_speaks(folder, pipe, tmp_path, capsys, stream):
-    out = tmp_path / "answer.wav"
-    argv = ["--model", str(folder), "--audio", SPEECH, "--max-new-tokens", str(NEW), "--speak", str(out),
-            "--speaker", "chelsie", "--talker-max-new-tokens", str(TALKER), "--json"]  # fmt: skip
-    assert generate_cli.main(argv + (["--stream"] if stream else [])) == 0
-    result = json.loads(capsys.readouterr().out)
+def test_cli_speaks_streaming(folder, pipe, clips, tmp_path, capsys):
+    """--speak writes the 24-kHz answer (chunks as they come with --stream); text printed as it comes."""
+    clip, out = tmp_path / "clip.wav", tmp_path / "answer.wav"
+    save_audio(clip, clips[1], 16000)
+    argv = ["--model", str(folder), "--audio", str(clip), "--max-new-tokens", str(NEW), "--speak", str(out),
+            "--speaker", "chelsie", "--talker-max-new-tokens", str(TALKER), "--talker-greedy",
+            "--stream"]  # fmt: skip
+    assert generate_cli.main(argv) == 0
+    printed = capsys.readouterr().out
     wav, rate = sf.read(out, dtype="float32")
-    assert rate == 24000 and len(wav) == result["speech"]["samples"] > 0
-    assert result["text"] == pipe.decode(np.asarray(result["ids"]))
+    inputs = pipe.prepare([load_audio(clip)])
+    spoken = pipe.generate(inputs, max_new_tokens=NEW, return_audio=True, speaker="chelsie",
+                           talker_do_sample=False, talker_max_new_tokens=TALKER)  # fmt: skip
+    assert rate == 24000 and printed.startswith(pipe.decode(spoken.ids)[0])
+    np.testing.assert_allclose(wav, spoken.audio[0], atol=1e-4)  # 16-bit PCM

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from omni_jax.families.base import decode_layout
 from omni_jax.families.qwen3_omni import pipeline, speech
 from omni_jax.families.qwen3_omni import system as thinker
 from omni_jax.families.qwen3_omni.checkpoint import MAPS
@@ -34,10 +35,15 @@ def from_torch(module: Any) -> tuple[thinker.ThinkerConfig, dict]:
 
 def omni_from_torch(module: Any) -> tuple[tuple[thinker.ThinkerConfig, speech.SpeechConfig], dict]:
     """((ThinkerConfig, SpeechConfig), params) of a speaking Qwen3OmniMoeForConditionalGeneration (its
-    in-memory keys); the vision tower is left out."""
-    params = MAPS[0].state_to_params(module.state_dict(), module.config.to_dict())
-    configs = thinker.ThinkerConfig.from_hf(module.config), speech.SpeechConfig.from_hf(module.config)
-    return configs, jax.tree.map(jnp.asarray, params)
+    in-memory keys), the decoders in the pipeline's decode layout; the vision tower is left out."""
+    params = jax.tree.map(jnp.asarray, MAPS[0].state_to_params(module.state_dict(), module.config.to_dict()))
+    config, speech_config = (
+        thinker.ThinkerConfig.from_hf(module.config),
+        speech.SpeechConfig.from_hf(module.config),
+    )
+    params["thinker"] = decode_layout(params["thinker"], config.text)
+    params["talker"] = speech.decode_layout(params["talker"], speech_config.talker)
+    return (config, speech_config), params
 
 
 def reference_speech(model, inputs: dict, max_new_tokens: int, speaker: str, **talker_kwargs):
@@ -71,10 +77,9 @@ def _speech_case(model, input_ids, attention_mask, max_new_tokens, *, speaker="E
     (config, speech_config), params = omni_from_torch(model)
     eos = (model.config.im_end_token_id,)
     pad = model.thinker.generation_config.pad_token_id
-    ids = np.asarray(thinker.generate(
-        params, config, inputs, max_new_tokens=max_new_tokens, eos_ids=eos, pad_id=eos[0] if pad is None else pad
-    ))  # fmt: skip
-    ids = core.trim_to(ref_ids, ids, eos[0] if pad is None else pad)
+    pad = eos[0] if pad is None else pad
+    ids = thinker.generate(params, config, inputs, max_new_tokens=max_new_tokens, eos_ids=eos, pad_id=pad)
+    ids = core.trim_to(ref_ids, np.asarray(ids), pad)
     talker_max, settings = pipeline.talker_settings({**talker, "talker_do_sample": False})
     prompt = speech.prompt_for(params, config, speech_config, inputs, ids, speaker=speaker, thinker_eos=eos)
     tokens, frames = speech.talk(
@@ -85,9 +90,7 @@ def _speech_case(model, input_ids, attention_mask, max_new_tokens, *, speaker="E
     lengths = speech.frame_lengths(tokens, frames, codec_eos)
     if len(frames) > 1:  # transformers zeroes a batch's codes past each row's codec_eos
         frames = np.where(np.arange(frames.shape[-1]) < lengths[:, None, None], frames, 0)
-    return core.speech_report(
-        type(model).__name__, (ref_ids, ids), (ref_codes, frames), (ref_waves, waves)
-    )
+    return core.speech_report(type(model).__name__, (ref_ids, ids), (ref_codes, frames), (ref_waves, waves))
 
 
 def _logits_case(module, input_ids, attention_mask=None, input_features=None, feature_attention_mask=None):

@@ -130,7 +130,9 @@ class Pipeline(BasePipeline):
             return super().stream(inputs, max_new_tokens=max_new_tokens, sampling=sampling, seed=seed)
         talker_max, settings = self._check_speech(return_audio, speaker, talker_options)
         if packet < 1 or first_packet < 1:
-            raise ValueError(f"packet sizes must be >= 1 frame, got packet={packet}, first_packet={first_packet}")
+            raise ValueError(
+                f"packet sizes must be >= 1 frame, got packet={packet}, first_packet={first_packet}"
+            )
         options = dict(max_new_tokens=max_new_tokens, sampling=sampling, seed=seed)
         return self._speech_events(inputs, options, speaker, talker_max, settings, packet, first_packet)
 
@@ -211,5 +213,9 @@ def load(path, *, dtype=None) -> Pipeline:
         kept["talker"] = speech.decode_layout(params["talker"], speech_config.talker)
         kept["code2wav"] = params["code2wav"]
     return Pipeline(
-        config, kept, Qwen3OmniProcessor.from_pretrained(path), *thinker_stop_ids(path, hf_config), speech_config
+        config,
+        kept,
+        Qwen3OmniProcessor.from_pretrained(path),
+        *thinker_stop_ids(path, hf_config),
+        speech_config,
     )

@@ -2,9 +2,9 @@
 as transformers' `Qwen3OmniMoeForConditionalGeneration.generate` (spec qwen3_omni_talker_code2wav.md D, A, B).
 
     config = SpeechConfig.from_hf(hf_config)
-    prompt = talker_prompt(params, thinker_config, config, input_ids, mask, embeds, hidden, new_ids, "ethan", eos)
-    tokens, frames = talk(params["talker"], config.talker, prompt, max_new_tokens=4096, settings=TalkerSettings())
-    waves = waveforms(params["code2wav"], config, tokens, frames)   # one 24-kHz array per row
+    prompt = talker_prompt(params, config, input_ids, mask, embeds, hidden, new_ids, "ethan", eos)
+    tokens, frames = talk(params["talker"], config.talker, prompt, max_new_tokens=4096)  # codes b G n-1
+    waves = waveforms(params["code2wav"], config.code2wav, tokens, frames, eos)  # one 24-kHz array per row
 
 `Talker` is the engine's StepModel for the talker: one step = the code predictor's 15 residual codebooks of
 the frame just chosen (a `lax.scan` over its own G-slot cache) + the sum of the G group embeddings + the
@@ -59,12 +59,14 @@ class SpeechConfig:
         if missing or "text_config" not in c["talker_config"]:
             raise ValueError(f"config has no talker / code2wav configs ({missing or ['talker text_config']})")
         thinker = c.get("thinker_config", {})
-        media = ("audio_token_id", "image_token_id", "video_token_id")
+        media = {"audio_token_id": 151675, "image_token_id": 151655, "video_token_id": 151656}
         return cls(
             talker=talker.TalkerConfig.from_hf(c["talker_config"]),
             code2wav=code2wav.Config.from_hf(c["code2wav_config"]),
             token_ids=tuple((n, int(c.get(k, d))) for n, (k, d) in _TOP_IDS.items()),
-            multimodal_ids=tuple(int(thinker.get(k, d)) for k, d in zip(media, (151675, 151655, 151656))),
+            multimodal_ids=tuple(
+                int(thinker.get(k, d)) for k, d in zip(media, (151675, 151655, 151656), strict=True)
+            ),
         )
 
     def token(self, name: str) -> int:
@@ -85,9 +87,13 @@ class TalkerSettings:
     def samplings(self, config: talker.TalkerConfig) -> tuple[Sampling, Sampling]:
         """(talker, code predictor) Sampling."""
         if not self.do_sample:
-            return Sampling(repetition_penalty=self.repetition_penalty, suppress_tokens=config.suppress_tokens), Sampling()
+            return Sampling(
+                repetition_penalty=self.repetition_penalty, suppress_tokens=config.suppress_tokens
+            ), Sampling()
         return (
-            Sampling(self.temperature, self.top_k, self.top_p, self.repetition_penalty, config.suppress_tokens),
+            Sampling(
+                self.temperature, self.top_k, self.top_p, self.repetition_penalty, config.suppress_tokens
+            ),
             Sampling(1.0, 50, 0.8),
         )
 
@@ -104,8 +110,8 @@ class TalkerPrompt(NamedTuple):
 
 
 def talker_prompt(
-    params: dict, thinker_text: decoder.Config, config: SpeechConfig, input_ids: Any, attention_mask: Any,
-    embeds: Any, hidden: Any, generated: Any, speaker: str, thinker_eos: tuple[int, ...],
+    params: dict, config: SpeechConfig, input_ids: Any, attention_mask: Any, embeds: Any, hidden: Any,
+    generated: Any, speaker: str, thinker_eos: tuple[int, ...],
 ) -> TalkerPrompt:  # fmt: skip
     """The talker's inputs as transformers builds them: user turns (placeholders through hidden_projection of
     the Thinker's `hidden` b l D, text through text_projection of the fused `embeds` b l D), the assistant
@@ -119,52 +125,64 @@ def talker_prompt(
     if steps < 2:
         raise ValueError(f"the thinker produced {steps} token(s); speech needs at least 2 (text and EOS)")
 
+    positions = np.arange(length)
+    last_start = np.maximum.accumulate(np.where(ids == config.token("im_start"), positions, -1), 1)
+    role = np.take_along_axis(ids, np.minimum(last_start.clip(0) + 1, length - 1), 1)
+    user = (role == config.token("user")) & mask
+    lengths, width = user.sum(1), int(user.sum(1).max())
+    if width == 0:
+        raise ValueError("the prompt has no user turn: the talker speaks in reply to user turns")
+    order = np.argsort(np.where(user, length + positions, positions), axis=1)[:, -width:]  # user rows, right
+    header = np.flatnonzero(
+        (ids[0, :-1] == config.token("im_start")) & (ids[0, 1:] == config.token("assistant"))
+    )
+    if not len(header):
+        raise ValueError("input_ids have no '<|im_start|>assistant' header (add_generation_prompt=True)")
+    ended = np.isin(gen, thinker_eos)
+    codec_ids = [tc.codec_id(n) for n in ("nothink", "think_bos", "think_eos")]
+    codec_ids += [speaker_id, tc.codec_id("pad"), tc.codec_id("bos")]
+    embeds, trailing, pad = _assemble(
+        tp, tc, params["thinker"]["embed"]["embedding"], jnp.asarray(embeds), jnp.asarray(hidden),
+        np.isin(ids, config.multimodal_ids), order, gen[:, : steps - 1],
+        np.asarray([config.token(n) for n in ("tts_bos", "tts_eos", "tts_pad")]), np.asarray(codec_ids),
+        np.where(ended.any(1), ended.argmax(1), steps), int(header[-1]),
+    )  # fmt: skip
+    return TalkerPrompt(
+        embeds=embeds,
+        attention_mask=np.concatenate(
+            [np.arange(width)[None] >= (width - lengths)[:, None], np.ones((b, 9), bool)], 1
+        ),
+        input_ids=np.concatenate(
+            [np.take_along_axis(ids, order, 1), np.full((b, 9), config.token("tts_pad"))], 1
+        ),
+        trailing=trailing,
+        pad=pad,
+    )
+
+
+@functools.partial(jax.jit, static_argnums=(1, 11))
+def _assemble(tp, tc, table, embeds, hidden, media, order, new, special, codec_ids, first_eos, header):
+    """The talker prompt's arrays: user part (b u d), assistant part (b 9 d), trailing text (b T-1 d) and
+    tts_pad_embed (d). embeds, hidden: b l D over the prompt; new: b T-1 generated ids fed to the Thinker."""
+
     def text(x):
         return talker.project(tp["text_projection"], tc, x)
 
     with jax.named_scope("talker_prompt"):
-        positions = np.arange(length)
-        last_start = np.maximum.accumulate(np.where(ids == config.token("im_start"), positions, -1), 1)
-        role = np.take_along_axis(ids, np.minimum(last_start.clip(0) + 1, length - 1), 1)
-        user = (role == config.token("user")) & mask
-        lengths, width = user.sum(1), int(user.sum(1).max())
-        if width == 0:
-            raise ValueError("the prompt has no user turn: the talker speaks in reply to user turns")
-        order = np.argsort(np.where(user, length + positions, positions), axis=1)[:, -width:]
-        media = np.isin(ids, config.multimodal_ids)[..., None]
-        full = jnp.where(media, talker.project(tp["hidden_projection"], tc, jnp.asarray(hidden)), text(embeds))
-        user_embeds = jnp.take_along_axis(full, jnp.asarray(order)[..., None], axis=1)  # b u d
-        user_mask = np.arange(width)[None] >= (width - lengths)[:, None]
-
-        header = np.flatnonzero((ids[0, :-1] == config.token("im_start")) & (ids[0, 1:] == config.token("assistant")))
-        if not len(header):
-            raise ValueError("input_ids have no '<|im_start|>assistant' header (add_generation_prompt=True)")
-        new = decoder.embed(params["thinker"], thinker_text, jnp.asarray(gen[:, : steps - 1]))
-        answer = text(jnp.concatenate([jnp.asarray(embeds)[:, header[-1] :], new.astype(embeds.dtype)], 1))
-        special = [config.token(n) for n in ("tts_bos", "tts_eos", "tts_pad")]
-        bos, eos, pad = text(decoder.embed(params["thinker"], thinker_text, jnp.asarray(special)))
-        d = answer.shape[-1]
-        text_part = jnp.concatenate(
-            [answer[:, :3], jnp.broadcast_to(pad, (b, 4, d)), jnp.broadcast_to(bos, (b, 1, d)), answer[:, 3:4]], 1
+        full = jnp.where(media[..., None], talker.project(tp["hidden_projection"], tc, hidden), text(embeds))
+        user = jnp.take_along_axis(full, order[..., None], axis=1)  # b u d
+        answer = text(
+            jnp.concatenate([embeds[:, header:], jnp.take(table, new, axis=0).astype(embeds.dtype)], 1)
         )
-        codec_ids = [tc.codec_id(n) for n in ("nothink", "think_bos", "think_eos")]
-        codec_ids += [speaker_id, tc.codec_id("pad"), tc.codec_id("bos")]
-        codec = talker.codec_embed(tp, jnp.asarray(codec_ids))
-        assistant = text_part + jnp.concatenate([jnp.zeros((3, d), codec.dtype), codec])[None]
-
-        trailing = jnp.concatenate([answer[:, 4:], jnp.broadcast_to(eos, (b, 1, d))], 1)  # b T-1 d
-        ended = np.isin(gen, thinker_eos)
-        first_eos = np.where(ended.any(1), ended.argmax(1), steps)[:, None, None]
-        j = np.arange(steps - 1)[None, :, None]
+        bos, eos, pad = text(jnp.take(table, special, axis=0))
+        (b, _, d), fill = answer.shape, lambda v, n: jnp.broadcast_to(v, (b, n, d))
+        text_part = jnp.concatenate([answer[:, :3], fill(pad, 4), fill(bos, 1), answer[:, 3:4]], 1)
+        codec = jnp.concatenate([jnp.zeros((3, d), answer.dtype), talker.codec_embed(tp, codec_ids)])
+        trailing = jnp.concatenate([answer[:, 4:], fill(eos, 1)], 1)  # b T-1 d
+        j = jnp.arange(trailing.shape[1])[None, :, None]
+        first_eos = first_eos[:, None, None]
         trailing = jnp.where(j > first_eos, pad, jnp.where(j == first_eos, eos, trailing))
-
-    return TalkerPrompt(
-        embeds=jnp.concatenate([user_embeds, assistant], 1),
-        attention_mask=np.concatenate([user_mask, np.ones((b, 9), bool)], 1),
-        input_ids=np.concatenate([np.take_along_axis(ids, order, 1), np.full((b, 9), config.token("tts_pad"))], 1),
-        trailing=trailing,
-        pad=pad,
-    )
+    return jnp.concatenate([user, text_part + codec[None]], 1), trailing, pad
 
 
 # ---------------------------------------------------------------- the Talker as a StepModel
@@ -212,9 +230,9 @@ class Talker:
         dtype = engine.param_dtype(params["model"])
         d = c.body.hidden_size
         return TalkerState(
-            init_cache(c.body, batch, length, dtype), jnp.zeros((batch, d), dtype), jnp.zeros((batch, 0, d), dtype),
-            jnp.zeros((d,), dtype), jnp.zeros((), jnp.int32), jax.random.PRNGKey(0),
-            jnp.zeros((batch, c.num_code_groups), jnp.int32),
+            init_cache(c.body, batch, length, dtype), jnp.zeros((batch, d), dtype),
+            jnp.zeros((batch, 0, d), dtype), jnp.zeros((d,), dtype), jnp.zeros((), jnp.int32),
+            jax.random.PRNGKey(0), jnp.zeros((batch, c.num_code_groups), jnp.int32),
         )  # fmt: skip
 
     def prefill(self, params: dict, prompt: Prefill, state: TalkerState) -> engine.Step:
@@ -259,7 +277,9 @@ def _prefill_args(config: talker.TalkerConfig, prompt: TalkerPrompt, max_new_tok
         raise ValueError(f"talker_max_new_tokens must be >= 1, got {max_new_tokens}")
     t = prompt.embeds.shape[1]
     length = engine.bucket(t, 1 << 62) + max_new_tokens
-    bucketed = engine.prepare(config.body, prompt.embeds, prompt.attention_mask, None, None, length - max_new_tokens)
+    bucketed = engine.prepare(
+        config.body, prompt.embeds, prompt.attention_mask, None, None, length - max_new_tokens
+    )
     key = jax.random.PRNGKey(seed)
     prefill = Prefill(bucketed, prompt.trailing, prompt.pad, jax.random.fold_in(key, 1))
     ignore = jnp.asarray((~prompt.attention_mask).sum(1), jnp.int32)  # transformers' prompt_ignore_length
@@ -287,7 +307,9 @@ def _talk(model, params, prefill, ignore, key, *, max_new, sampling, length):
     c = model.config
     eos, b = c.codec_id("eos"), prefill.prompt.inputs.shape[0]
     step = model.prefill(params, prefill, model.init_cache(params, b, length))
-    token, done, seen = _choose(step.logits, key, 0, _seen(c, sampling, b), jnp.zeros((b,), bool), ignore, sampling, eos)
+    token, done, seen = _choose(
+        step.logits, key, 0, _seen(c, sampling, b), jnp.zeros((b,), bool), ignore, sampling, eos
+    )
     tokens = jnp.full((b, max_new), eos, jnp.int32).at[:, 0].set(token)
     frames = jnp.zeros((b, c.num_code_groups, max_new), jnp.int32)
 
@@ -303,7 +325,9 @@ def _talk(model, params, prefill, ignore, key, *, max_new, sampling, length):
         tokens = jax.lax.dynamic_update_slice_in_dim(tokens, token[:, None], i, axis=1)
         return i + 1, tokens, frames, out.cache, done, seen
 
-    i, tokens, frames, *_ = jax.lax.while_loop(cond, body, (jnp.ones((), jnp.int32), tokens, frames, step.cache, done, seen))
+    i, tokens, frames, *_ = jax.lax.while_loop(
+        cond, body, (jnp.ones((), jnp.int32), tokens, frames, step.cache, done, seen)
+    )
     return i, tokens, frames
 
 
@@ -316,7 +340,14 @@ def talk(
     sampling, predictor = settings.samplings(config)
     prefill, length, ignore, key = _prefill_args(config, prompt, max_new_tokens, seed)
     n, tokens, frames = _talk(
-        Talker(config, predictor), params, prefill, ignore, key, max_new=max_new_tokens, sampling=sampling, length=length
+        Talker(config, predictor),
+        params,
+        prefill,
+        ignore,
+        key,
+        max_new=max_new_tokens,
+        sampling=sampling,
+        length=length,
     )
     n = int(n)
     return np.asarray(tokens)[:, :n], np.asarray(frames)[:, :, : n - 1]
@@ -360,13 +391,19 @@ def wave_length(config: code2wav.Config, frames: int) -> int:
     return frames * config.total_upsample - lost * math.ceil(frames / CHUNK)
 
 
-def waveforms(params: dict, config: code2wav.Config, tokens: np.ndarray, frames: np.ndarray, eos: int) -> list[np.ndarray]:
+def waveforms(
+    params: dict, config: code2wav.Config, tokens: np.ndarray, frames: np.ndarray, eos: int
+) -> list[np.ndarray]:
     """24-kHz waveform per row: frames past a row's codec_eos zeroed, the batch chunk-decoded (300 frames,
-    25 of context) and each row cut to its length, as transformers."""
+    25 of context) and each row cut to its length, as transformers. The frames are zero-padded to a bucket
+    within their last chunk (fewer compilations): kept samples never depend on later frames."""
     lengths = frame_lengths(tokens, frames, eos)
     if frames.shape[-1] == 0:
         return [np.zeros((0,), np.float32) for _ in lengths]
-    frames = np.where(np.arange(frames.shape[-1]) < lengths[:, None, None], frames, 0)
+    n = frames.shape[-1]
+    frames = np.where(np.arange(n) < lengths[:, None, None], frames, 0)
+    padded = engine.bucket(n, -(-n // CHUNK) * CHUNK)  # zero frames after the end change no kept sample
+    frames = np.pad(frames, ((0, 0), (0, 0), (0, padded - n)))
     wav = np.asarray(code2wav.chunked_decode(params, config, frames, CHUNK, CONTEXT))
     return [row[: wave_length(config, int(n))] for row, n in zip(wav, lengths, strict=True)]
 
@@ -376,9 +413,19 @@ class WavStream:
     chunked_decode's schedule: a fresh stream every 300 frames primed with the 25 previous ones, whose
     samples are dropped. The chunks join to `waveforms` of all frames fed, row by row."""
 
-    def __init__(self, params: dict, config: code2wav.Config, batch: int, *, packet: int, first_packet: int | None = None):
+    def __init__(
+        self,
+        params: dict,
+        config: code2wav.Config,
+        batch: int,
+        *,
+        packet: int,
+        first_packet: int | None = None,
+    ):
         if packet < 1 or (first_packet is not None and first_packet < 1):
-            raise ValueError(f"packet sizes must be >= 1 frame, got packet={packet}, first_packet={first_packet}")
+            raise ValueError(
+                f"packet sizes must be >= 1 frame, got packet={packet}, first_packet={first_packet}"
+            )
         self.params, self.config, self.batch = params, config, batch
         self.packet, self.first = packet, packet if first_packet is None else first_packet
         self.frames: list[np.ndarray] = []  # every frame fed: b q
@@ -410,7 +457,9 @@ class WavStream:
             total = len(self.frames)
             if self.state is None:  # a new chunk: prime with up to 25 frames of context
                 context = min(CONTEXT, self.chunk_start)
-                self.state = code2wav.stream_init(self.config, self.batch, self.params["code_embedding"].dtype)
+                self.state = code2wav.stream_init(
+                    self.config, self.batch, self.params["code_embedding"].dtype
+                )
                 self.drop = context * self.config.total_upsample
                 lead = self.frames[self.chunk_start - context : self.chunk_start]
             else:
@@ -450,10 +499,10 @@ def prompt_for(
     params: dict, thinker_config, config: SpeechConfig, inputs: dict, new_ids: np.ndarray, *, speaker: str,
     thinker_eos: tuple[int, ...],
 ) -> TalkerPrompt:  # fmt: skip
-    """The talker prompt of processor `inputs` and the Thinker's new ids (b T, as transformers returns them)."""
+    """The talker prompt of processor `inputs` and the Thinker's new ids (b T, as transformers gives them)."""
     config.talker.speaker_id(speaker)  # an unknown speaker fails before the Thinker forward
     embeds, hidden = thinker_states(params, thinker_config, inputs)
     return talker_prompt(
-        params, thinker_config.text, config, inputs["input_ids"], inputs.get("attention_mask"), embeds,
-        hidden, new_ids, speaker, thinker_eos,
+        params, config, inputs["input_ids"], inputs.get("attention_mask"), embeds, hidden, new_ids, speaker,
+        thinker_eos,
     )  # fmt: skip
