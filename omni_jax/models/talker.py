@@ -77,7 +77,7 @@ class TalkerConfig:
             thinker_hidden_size=c.get("thinker_hidden_size", 2048),
             projection_size=text["intermediate_size"],
             codec_ids=tuple((n, int(c.get(key, value))) for n, (key, value) in CODEC_IDS.items()),
-            speakers=tuple((k.lower(), int(v)) for k, v in (c.get("speaker_id") or {}).items()),
+            speakers=tuple(sorted((k.lower(), int(v)) for k, v in (c.get("speaker_id") or {}).items())),
             accept_hidden_layer=c.get("accept_hidden_layer", 18),
         )
 

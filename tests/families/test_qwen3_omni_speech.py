@@ -2,10 +2,12 @@
 16 codebooks and upsampling rates; float32, CPU): the talker prompt, the whole greedy chain (text tokens, all
 16 codebooks, waveform), the pipeline's generate and stream, sampling, the CLI and bad input.
 
-Two clips of 2.5 s and 1.25 s: greedy, row 0 speaks up to the token limit and row 1 reaches codec_eos.
+Two clips of 2.5 s and 1.25 s: greedy, row 0 speaks up to the token limit and row 1 reaches codec_eos. The
+tests share shapes (batch 2, or row 0 alone, which the CLI reproduces) so that few programs compile.
 """
 
 import copy
+import json
 from importlib import resources
 from unittest import mock
 
@@ -23,7 +25,7 @@ from omni_jax.models import code2wav
 from omni_jax.testing.checkpoints import tiny_omni_model
 from omni_jax.testing.tiny_tokenizer import save_tokenizer_files
 
-NEW, TALKER = 10, 16  # thinker and talker token limits
+NEW, TALKER = 10, 17  # thinker and talker token limits (row 0 speaks 16 frames)
 SPEECH = str(resources.files("omni_jax") / "assets" / "speech.wav")
 
 
@@ -124,7 +126,7 @@ def test_talker_prompt_matches_transformers(model, pipe, clips, case):
         assert not ours.attention_mask.all()  # rows of different user lengths
 
 
-@pytest.mark.parametrize("rows", [(1,), (0, 1)])
+@pytest.mark.parametrize("rows", [(0,), (0, 1)])
 def test_compare_generate_speech(model, inputs, rows):
     """Text tokens and all 16 codebooks identical to transformers, waveform SNR >= 80 dB."""
     batch = {k: torch.as_tensor(v[list(rows)]) for k, v in inputs.items()}
@@ -161,8 +163,8 @@ def test_generate_returns_text_and_24khz_speech_per_row(model, pipe, inputs, spo
 
 @pytest.mark.parametrize("packet", [1, 4, 25])
 def test_stream_joins_to_the_one_shot_speech(pipe, inputs, spoken, packet):
-    """Packets of 1, 4 and 25 frames (the first of 1 frame, but one packet of all frames for 25)."""
-    first = 1 if packet < 25 else packet
+    """Packets of 1, 4 and 25 frames."""
+    first = packet
     events = list(pipe.stream(
         inputs, max_new_tokens=NEW, return_audio=True, packet=packet, first_packet=first,
         talker_do_sample=False, talker_max_new_tokens=TALKER,
@@ -179,21 +181,21 @@ def test_stream_joins_to_the_one_shot_speech(pipe, inputs, spoken, packet):
 
 
 def test_wav_stream_follows_the_chunk_schedule(pipe):
-    """Past 300 frames the packets restart with 25 frames of context, as chunked_decode."""
-    config = pipe.speech.code2wav
-    codes = np.random.default_rng(0).integers(0, config.codebook_size, (1, config.num_quantizers, 310))
-    tokens = np.zeros((1, 311), np.int64)
-    full = np.asarray(code2wav.chunked_decode(pipe.params["code2wav"], config, codes))[0]
-    stream = speech.WavStream(pipe.params["code2wav"], config, 1, packet=300)
-    chunks = [stream.push(codes[:, :, f]) for f in range(codes.shape[-1])] + [stream.flush()]
+    """Past a chunk the packets restart with the context frames, as chunked_decode (the schedule scaled down
+    from 300 / 25 frames to 8 / 3)."""
+    config, params = pipe.speech.code2wav, pipe.params["code2wav"]
+    codes = np.random.default_rng(0).integers(0, config.codebook_size, (1, config.num_quantizers, 20))
+    full = np.asarray(code2wav.chunked_decode(params, config, codes, 8, 3))[0]
+    with mock.patch.object(speech, "CHUNK", 8), mock.patch.object(speech, "CONTEXT", 3):
+        stream = speech.WavStream(params, config, 1, packet=8)
+        chunks = [stream.push(codes[:, :, f]) for f in range(codes.shape[-1])] + [stream.flush()]
+        assert speech.wave_length(config, 20) == len(full) == 1920 * 20 - 3 * 555
     joined = np.concatenate([c[0] for c in chunks if c is not None])
-    assert len(joined) == len(full) == 1920 * 310 - 2 * 555
-    assert len(speech.waveforms(pipe.params["code2wav"], config, tokens, codes, eos=-1)[0]) == len(full)
     np.testing.assert_allclose(joined, full, atol=1e-5)
 
 
 def test_sampled_speech_is_seeded_and_never_suppressed(pipe, inputs):
-    one = row(inputs, 1)
+    one = row(inputs, 0)
     runs = [
         pipe.generate(one, max_new_tokens=NEW, return_audio=True, talker_max_new_tokens=TALKER, seed=s)
         for s in (3, 3, 4)
@@ -220,18 +222,18 @@ def test_bad_speech_requests_fail_early(pipe, inputs):
         text_only.generate(inputs, max_new_tokens=NEW, return_audio=True)
 
 
-def test_cli_speaks_streaming(folder, pipe, clips, tmp_path, capsys):
-    """--speak writes the 24-kHz answer (chunks as they come with --stream); text printed as it comes."""
+def test_cli_speaks(folder, pipe, clips, inputs, tmp_path, capsys):
+    """--speak writes the 24-kHz answer and prints the text (row 0's clip and request)."""
     clip, out = tmp_path / "clip.wav", tmp_path / "answer.wav"
-    save_audio(clip, clips[1], 16000)
-    argv = ["--model", str(folder), "--audio", str(clip), "--max-new-tokens", str(NEW), "--speak", str(out),
-            "--speaker", "chelsie", "--talker-max-new-tokens", str(TALKER), "--talker-greedy",
-            "--stream"]  # fmt: skip
+    save_audio(clip, clips[0], 16000)
+    argv = ["--model", str(folder), "--audio", str(clip), "--prompt", "What is said?", "--max-new-tokens",
+            str(NEW), "--speak", str(out), "--speaker", "chelsie", "--talker-max-new-tokens", str(TALKER),
+            "--talker-greedy", "--json"]  # fmt: skip
     assert generate_cli.main(argv) == 0
-    printed = capsys.readouterr().out
+    result = json.loads(capsys.readouterr().out)
     wav, rate = sf.read(out, dtype="float32")
-    inputs = pipe.prepare([load_audio(clip)])
-    spoken = pipe.generate(inputs, max_new_tokens=NEW, return_audio=True, speaker="chelsie",
+    spoken = pipe.generate(row(inputs, 0), max_new_tokens=NEW, return_audio=True, speaker="chelsie",
                            talker_do_sample=False, talker_max_new_tokens=TALKER)  # fmt: skip
-    assert rate == 24000 and printed.startswith(pipe.decode(spoken.ids)[0])
+    assert rate == 24000 and result["speech"]["samples"] == len(wav) == len(spoken.audio[0])
+    assert result["text"] == pipe.decode(spoken.ids) and result["ids"] == spoken.ids.tolist()
     np.testing.assert_allclose(wav, spoken.audio[0], atol=1e-4)  # 16-bit PCM
