@@ -59,21 +59,43 @@ def load_audio(path: str | os.PathLike, sampling_rate: int = 16000) -> np.ndarra
 
 def save_audio(path: str | os.PathLike, samples, sampling_rate: int) -> Path:
     """Write mono float samples (clipped to [-1, 1]) atomically; format from the suffix (.wav/.flac/.ogg)."""
-    path = Path(path)
-    samples = np.asarray(samples, np.float32)
-    if samples.ndim != 1:
-        raise ValueError(f"save_audio expects 1-D mono samples, got shape {samples.shape}")
-    if not np.all(np.isfinite(samples)):
-        raise ValueError("save_audio: samples contain NaN or inf")
-    fmt = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}.get(path.suffix.lower())
-    if fmt is None:
-        raise ValueError(f"unsupported audio suffix {path.suffix!r}; use .wav, .flac or .ogg")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.partial-{os.getpid()}"  # created by soundfile: umask permissions
-    try:
-        sf.write(tmp, np.clip(samples, -1.0, 1.0), sampling_rate, format=fmt)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    with AudioWriter(path, sampling_rate) as writer:
+        writer.write(samples)
+    return writer.path
+
+
+class AudioWriter:
+    """A mono audio file written piece by piece (streamed speech) to a temporary file in the same folder,
+    renamed to `path` when the `with` block ends without error; format from the suffix (.wav/.flac/.ogg)."""
+
+    def __init__(self, path: str | os.PathLike, sampling_rate: int):
+        self.path = Path(path)
+        self.format = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}.get(self.path.suffix.lower())
+        if self.format is None:
+            raise ValueError(f"unsupported audio suffix {self.path.suffix!r}; use .wav, .flac or .ogg")
+        self.sampling_rate, self.samples = sampling_rate, 0
+
+    def __enter__(self) -> AudioWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.parent / f".{self.path.name}.partial-{os.getpid()}"  # umask permissions
+        self.file = sf.SoundFile(self.tmp, "w", self.sampling_rate, 1, format=self.format)
+        return self
+
+    def write(self, samples) -> None:
+        """Append mono float samples (clipped to [-1, 1])."""
+        samples = np.asarray(samples, np.float32)
+        if samples.ndim != 1:
+            raise ValueError(f"save_audio expects 1-D mono samples, got shape {samples.shape}")
+        if not np.all(np.isfinite(samples)):
+            raise ValueError("save_audio: samples contain NaN or inf")
+        self.file.write(np.clip(samples, -1.0, 1.0))
+        self.samples += len(samples)
+
+    def __exit__(self, kind, error, trace) -> None:
+        self.file.close()
+        try:
+            if kind is None:
+                os.replace(self.tmp, self.path)
+        finally:
+            if os.path.exists(self.tmp):
+                os.unlink(self.tmp)

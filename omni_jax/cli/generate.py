@@ -2,12 +2,16 @@
 
     python -m omni_jax.generate --model DIR --audio FILE [--audio FILE ...] [--prompt TEXT]
         [--max-new-tokens N] [--temperature T] [--json]
+    python -m omni_jax.generate --model QWEN3_OMNI_DIR --audio FILE --prompt TEXT --speak out.wav
+        [--speaker NAME] [--stream] [--packet FRAMES] [--talker-max-new-tokens N] [--talker-greedy]
 
 DIR is an HF checkpoint folder or one converted by `python -m omni_jax.convert`; its config.json
 `model_type` picks the family pipeline (omni_jax.families.registry). Several audio files are one batch
 (the same request for each). --json prints one object with the token ids, the texts and the timings
-(compilation included) instead of streaming. Exit status: 0 done, 1 loading or generation failed, 2 a usage
-error (bad argument, unreadable audio file, unsupported folder), found before the model loads.
+(compilation included) instead of streaming. --speak (Qwen3-Omni with talker weights, one clip) also writes
+the spoken answer (24 kHz); with --stream the text is printed and the audio written as they come. Exit
+status: 0 done, 1 loading or generation failed, 2 a usage error (bad argument, unreadable audio file,
+unsupported folder), found before the model loads.
 """
 
 from __future__ import annotations
@@ -53,6 +57,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="cast the parameters")
     parser.add_argument("--json", action="store_true", help="print ids, texts and timings as one JSON object")
+    speech = parser.add_argument_group("speech output (Qwen3-Omni)")
+    speech.add_argument("--speak", default=None, help="write the spoken answer to this .wav/.flac/.ogg")
+    speech.add_argument("--speaker", default="Ethan", help="voice (default Ethan)")
+    speech.add_argument("--stream", action="store_true", help="write audio packets as they are generated")
+    speech.add_argument("--packet", type=int, default=4, help="codec frames (80 ms) per streamed packet")
+    speech.add_argument("--talker-max-new-tokens", type=int, default=4096)
+    speech.add_argument("--talker-greedy", action="store_true", help="greedy talker (default: sampled)")
     return parser.parse_args(argv)
 
 
@@ -64,6 +75,8 @@ def check(args: argparse.Namespace) -> tuple:
     from omni_jax.inference.sampling import Sampling
 
     validation.integer("--max-new-tokens", args.max_new_tokens, minimum=1)
+    if args.speak and len(args.audio) != 1:
+        raise ValueError(f"--speak takes one --audio, got {len(args.audio)}")
     sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     found = family(validation.folder("--model", args.model))
     if found.load_pipeline is None:
@@ -80,6 +93,8 @@ def run(args: argparse.Namespace, sampling, audios: list[np.ndarray]) -> dict:
     loaded = time.perf_counter()
     inputs = pipe.prepare(audios, None if args.prompt is None else [args.prompt] * len(audios))
     prepared = time.perf_counter()
+    if args.speak:
+        return speak(args, pipe, inputs, sampling, {"load_s": loaded - clock, "prepare_s": prepared - loaded})
     show = None if args.json or len(audios) > 1 else Printer(pipe)
     steps, first = [], None
     for tokens in pipe.stream(inputs, max_new_tokens=args.max_new_tokens, sampling=sampling, seed=args.seed):
@@ -109,6 +124,47 @@ def run(args: argparse.Namespace, sampling, audios: list[np.ndarray]) -> dict:
             "tokens_per_s": ids.size / (done - prepared),
         },
     }
+
+
+def speak(args: argparse.Namespace, pipe, inputs: dict, sampling, timings: dict) -> dict:
+    """--speak: text and speech of one clip; with --stream printed / written packet by packet."""
+    from omni_jax.audio import AudioWriter
+
+    options = dict(
+        max_new_tokens=args.max_new_tokens, sampling=sampling, seed=args.seed, return_audio=True,
+        speaker=args.speaker, talker_max_new_tokens=args.talker_max_new_tokens,
+        talker_do_sample=not args.talker_greedy,
+    )  # fmt: skip
+    start, first_audio, text = time.perf_counter(), None, ""
+    with AudioWriter(args.speak, 24000) as writer:
+        if args.stream:
+            for event in pipe.stream(inputs, packet=args.packet, **options):
+                if event.kind == "text":
+                    text += event.data[0]
+                    if not args.json:
+                        sys.stdout.write(event.data[0])
+                        sys.stdout.flush()
+                else:
+                    first_audio = first_audio or time.perf_counter()
+                    writer.write(event.data[0])
+            ids = None  # the stream gives text deltas
+        else:
+            out = pipe.generate(inputs, **options)
+            ids, text = out.ids, pipe.decode(out.ids)[0]
+            first_audio = time.perf_counter()
+            writer.write(out.audio[0])
+            if not args.json:
+                sys.stdout.write(text)
+    done = time.perf_counter()
+    if not args.json:
+        print(f"\n[speech: {writer.samples / 24000:.2f} s at 24 kHz -> {args.speak}]")
+    return {
+        "model": args.model, "audio": args.audio, "prompt": args.prompt,
+        "ids": None if ids is None else ids.tolist(),
+        "text": [text],
+        "speech": {"path": str(args.speak), "samples": writer.samples, "sample_rate": 24000},
+        "timings": {**timings, "first_audio_s": (first_audio or done) - start, "generate_s": done - start},
+    }  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

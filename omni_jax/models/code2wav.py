@@ -15,7 +15,6 @@ the initial state, and all three modes (`code2wav`, `chunked_decode`, `stream_in
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any
 
@@ -377,13 +376,13 @@ def _step(params: dict, config: Config, state: dict, codes: jax.Array) -> tuple[
     return state, jnp.clip(x[..., 0], -1.0, 1.0)
 
 
-@functools.partial(jax.jit, static_argnames="config")
-def _decode(params: dict, config: Config, codes: jax.Array) -> jax.Array:
-    state = stream_init(config, codes.shape[0], params["code_embedding"].dtype)
-    return _step(params, config, state, codes)[1]
-
-
 _stream_step = jax.jit(_step, static_argnames="config")
+
+
+def _decode(params: dict, config: Config, codes: jax.Array) -> jax.Array:
+    """One step from the initial state: the same compiled step as a stream's first packet of that size."""
+    state = stream_init(config, codes.shape[0], params["code_embedding"].dtype)
+    return _stream_step(params, config, state, codes)[1]
 
 
 # ---------------------------------------------------------------- public API

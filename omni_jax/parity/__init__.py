@@ -21,6 +21,7 @@ from omni_jax.parity.core import (
     ParityCase,
     ParityTable,
     Report,
+    SpeechReport,
     exact_report,
     masked_rows,
     numpy_inputs,
@@ -32,8 +33,9 @@ from omni_jax.parity.reference import whisper_features_reference
 
 __all__ = [
     "LOGITS_ATOL", "MODULE_ATOL", "SUPPORTED", "GenerateReport", "GradReport", "ParityCase", "Report",
-    "compare", "compare_features", "compare_grads", "compare_generate", "exact_report", "from_torch",
-    "masked_rows", "numpy_inputs", "parity_case", "report", "trim_to", "whisper_features_reference",
+    "SpeechReport", "compare", "compare_features", "compare_grads", "compare_generate", "exact_report",
+    "from_torch", "masked_rows", "numpy_inputs", "parity_case", "report", "trim_to",
+    "whisper_features_reference",
 ]  # fmt: skip
 
 
@@ -45,7 +47,7 @@ def _table() -> ParityTable:
     tables = [components.TABLE, *(f.parity for f in registry.FAMILIES)]
     merged = {
         f: {k: v for t in tables for k, v in getattr(t, f).items()}
-        for f in ("cases", "generate", "from_torch")
+        for f in ("cases", "generate", "from_torch", "speech")
     }
     return ParityTable(**merged)
 
@@ -77,9 +79,15 @@ def compare(torch_module: Any, *args: Any, atol: float | None = None, **kwargs: 
 
 def compare_generate(
     hf_model: Any, input_ids: Any, attention_mask: Any, max_new_tokens: int, **inputs: Any
-) -> GenerateReport:
+) -> GenerateReport | SpeechReport:
     """Greedy `hf_model.generate` (its generation config's EOS and pad ids) against omni_jax's on-device loop;
-    `inputs` are further model inputs (audio features of multimodal models)."""
+    `inputs` are further model inputs (audio features of multimodal models). With `return_audio=True` (a
+    speaking model: Qwen3OmniMoeForConditionalGeneration) the whole speech chain with greedy thinker and
+    talker, `speaker=` and transformers' stage-prefixed settings (talker_max_new_tokens, ...): a SpeechReport
+    of tokens, codes and waveform."""
+    if inputs.pop("return_audio", False):
+        case = _lookup(_table().speech, hf_model, "compare_generate(..., return_audio=True)")
+        return case(hf_model, input_ids, attention_mask, max_new_tokens, **inputs)
     case = _lookup(_table().generate, hf_model, "compare_generate")
     reference, ours = case(hf_model, input_ids, attention_mask, max_new_tokens, **inputs)
     return GenerateReport(type(hf_model).__name__, np.asarray(reference), np.asarray(ours))

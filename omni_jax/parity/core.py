@@ -29,6 +29,9 @@ class ParityTable:
     cases: dict[str, ParityCase]  # compare(module, ...)
     generate: dict[str, Callable] = dataclasses.field(default_factory=dict)  # compare_generate(module, ...)
     from_torch: dict[str, Callable] = dataclasses.field(default_factory=dict)  # module -> (config, params)
+    speech: dict[str, Callable] = dataclasses.field(
+        default_factory=dict
+    )  # compare_generate(..., return_audio)
     stages: Callable[..., list] | None = None  # (hf_dir, audios, prompts, *, max_new_tokens) -> [Report]
 
 
@@ -101,6 +104,47 @@ class GenerateReport:
         return (
             f"{self.name}: {self.reference.shape[1]} new tokens x {self.reference.shape[0]} rows, {verdict}"
         )
+
+
+SNR_DB = 80.0  # waveforms of speech generation
+
+
+@dataclasses.dataclass(frozen=True)
+class SpeechReport:
+    """transformers' speech `generate` against ours: text tokens (b n), codec frames (b G n) and waveforms
+    (one per row)."""
+
+    name: str
+    tokens_equal: bool
+    codes_equal: bool
+    waveform_max_abs_diff: float
+    waveform_snr_db: float
+    min_snr_db: float = SNR_DB
+
+    @property
+    def ok(self) -> bool:
+        return self.tokens_equal and self.codes_equal and self.waveform_snr_db >= self.min_snr_db
+
+    def __str__(self) -> str:
+        same = {True: "identical", False: "DIFFERENT"}
+        return (
+            f"{self.name}: tokens {same[self.tokens_equal]}, codes {same[self.codes_equal]}, waveform "
+            f"max_abs={self.waveform_max_abs_diff:.3g} SNR={self.waveform_snr_db:.1f} dB "
+            f"(>= {self.min_snr_db:g}) {'ok' if self.ok else 'FAIL'}"
+        )
+
+
+def speech_report(name: str, tokens: tuple, codes: tuple, waves: tuple) -> SpeechReport:
+    """A SpeechReport of (reference, ours) pairs: token arrays, code arrays, lists of per-row waveforms."""
+    same = [np.shape(a) == np.shape(b) and np.array_equal(a, b) for a, b in (tokens, codes)]
+    ref, ours = waves
+    if [np.shape(w) for w in ref] != [np.shape(w) for w in ours]:
+        return SpeechReport(name, *same, float("inf"), float("-inf"))
+    ref = np.concatenate([np.ravel(w) for w in ref]).astype(np.float64)
+    err = ref - np.concatenate([np.ravel(w) for w in ours]).astype(np.float64)
+    noise = float((err**2).sum())
+    snr = float("inf") if noise == 0 else 10 * np.log10(float((ref**2).sum()) / noise)
+    return SpeechReport(name, *same, float(np.abs(err).max()) if err.size else 0.0, snr)
 
 
 def numpy_inputs(inputs: dict) -> dict[str, np.ndarray]:

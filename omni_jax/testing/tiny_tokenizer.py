@@ -42,8 +42,10 @@ QWEN3_PLAIN_TOKENS = "<tool_response> </tool_response> <think> </think>".split()
 # Per model type, in tokenizer_files/<model_type>/: tokens.json (extra special tokens {id: token}, plain
 # tokens, named tokens, model-specific named tokens), the chat template and processor_config.json.
 # AF3: <sound> 151669, bos 151670, pad 151671 (spec audioflamingo3.md §1.3; the bos/pad strings are ours).
-# Qwen3-Omni: spec qwen3_omni_vision_processing.md §6.2. AF3's template is the one its conversion script
-# writes (<sound> first, then the text items joined); Qwen3-Omni's is ChatML with its placeholder blocks.
+# Qwen3-Omni: spec qwen3_omni_vision_processing.md §6.2; its role words (user 872, system 8948, assistant
+# 77091) are single tokens at their real ids, as the talker prompt reads roles from them. AF3's template is
+# the one its conversion script writes (<sound> first, then the text items joined); Qwen3-Omni's is ChatML
+# with its placeholder blocks.
 FILES = Path(__file__).with_name("tokenizer_files")
 MODEL_TYPES = tuple(sorted(d.name for d in FILES.iterdir() if d.is_dir()))
 
@@ -75,7 +77,8 @@ def special_tokens(model_type: str) -> dict[str, tuple[int, bool]]:
     flavour = _flavour(model_type)
     qwen = [(t, True) for t in QWEN2_TOKENS] + [(t, False) for t in QWEN2_PLAIN_TOKENS + flavour["plain"]]
     tokens = {t: (FIRST_SPECIAL_ID + i, special) for i, (t, special) in enumerate(qwen)}
-    return tokens | {t: (i, True) for i, t in flavour["extra"].items()}
+    words = {t: (int(i), False) for i, t in flavour.get("words", {}).items()}  # role words at their real ids
+    return tokens | words | {t: (i, True) for i, t in flavour["extra"].items()}
 
 
 def _with_qwen2_pipeline(tokenizer: Tokenizer) -> Tokenizer:

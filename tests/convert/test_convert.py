@@ -519,7 +519,7 @@ def test_qwen3_omni_converts_every_part_and_matches_torch(omni, tmp_path):
 
     model, folders = omni
     manifest = pipeline.to_jax(folders["single"], tmp_path / "jax")
-    assert manifest["parts"] == ["audio_encoder", "thinker", "talker", "code_predictor", "code2wav"]
+    assert manifest["parts"] == ["audio_encoder", "thinker", "talker", "code2wav"]
     assert any(k.startswith("thinker.visual.") for k in manifest["passthrough"])
     config, params = omni_jax.load_pretrained(tmp_path / "jax")
     pipeline.to_jax(folders["bin"], tmp_path / "bin")  # in-memory names, fused experts
@@ -533,7 +533,7 @@ def test_qwen3_omni_converts_every_part_and_matches_torch(omni, tmp_path):
     with torch.no_grad():
         hidden = model.talker.model(inputs_embeds=embeds).last_hidden_state.numpy()
     out, _ = decoder.forward(
-        params["talker"], config["talker"], jax.numpy.asarray(embeds.numpy()), logits="none"
+        params["talker"]["model"], config["talker"].body, jax.numpy.asarray(embeds.numpy()), logits="none"
     )
     assert np.abs(np.asarray(out.hidden) - hidden).max() <= 1e-4
 

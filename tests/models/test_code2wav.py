@@ -14,6 +14,7 @@ from omni_jax.convert.keymap import ConversionError, hf_to_params, params_to_hf
 from omni_jax.models import code2wav as c2w
 from omni_jax.nn.layers import sin_squared
 from omni_jax.nn.params import flatten_paths, is_spec
+from omni_jax.testing.checkpoints import tame_code2wav_init
 
 torch = pytest.importorskip("torch")
 
@@ -40,33 +41,13 @@ def _hf_config(**kw):
     return Qwen3OmniMoeCode2WavConfig(**kw)
 
 
-def _tame_init(module, seed=0):
-    """Random weights keeping |wav| ~ 0.4 with a little clipping (larger conv scales saturate the output)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, w in module.named_parameters():
-            r = torch.randn(w.shape, generator=g)
-            if name.endswith(("alpha", "beta")):
-                w.copy_(0.1 * r)
-            elif "norm" in name and name.endswith("weight"):
-                w.copy_(1 + 0.1 * r)
-            elif name.endswith((".scale", "gamma")):
-                w.copy_(0.5 * r)
-            elif ".conv." in name and name.endswith("weight"):
-                w.copy_(0.65 * r / w[0].numel() ** 0.5)
-            elif name.endswith("bias"):
-                w.copy_(0.3 * r)
-            else:
-                w.copy_(0.2 * r)
-
-
 @pytest.fixture(scope="module")
 def tiny():
     from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeCode2Wav
 
     torch.manual_seed(0)
     module = Qwen3OmniMoeCode2Wav(_hf_config(**TINY)).eval()
-    _tame_init(module)
+    tame_code2wav_init(module)
     config = c2w.Config.from_hf(module.config)
     params = hf_to_params(module.state_dict(), c2w.hf_rules(config), c2w.param_specs(config))
     return module, config, params

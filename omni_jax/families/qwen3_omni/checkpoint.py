@@ -1,8 +1,8 @@
-"""Where Qwen3-Omni's HF keys land: the whole model (thinker, talker, code predictor, code2wav) or a
-thinker saved on its own. The audio encoder and the thinker are required; the speech parts are optional."""
+"""Where Qwen3-Omni's HF keys land: the whole model (thinker, talker with its code predictor, code2wav) or
+a thinker saved on its own. The audio encoder and the thinker are required; the speech parts are optional."""
 
 from omni_jax.convert.parts import CheckpointMap, Part
-from omni_jax.models import aut_encoder, code2wav, decoder
+from omni_jax.models import aut_encoder, code2wav, decoder, talker
 
 THINKER_ALIASES = (("model.", "model.language_model."),)
 
@@ -20,23 +20,11 @@ MAPS = (
                 "thinker", decoder, decoder.Config, "thinker.", ("thinker_config", "text_config"),
                 aliases=(("thinker.model.", "thinker.model.language_model."),),
             ),
-            Part(
-                "talker", decoder, decoder.Config, "talker.", ("talker_config", "text_config"),
-                optional=True,
-            ),
-            Part(
-                "code_predictor", decoder, decoder.Config, "talker.code_predictor.",
-                ("talker_config", "code_predictor_config"), optional=True,
-            ),
+            Part("talker", talker, talker.TalkerConfig, "talker.", ("talker_config",), optional=True),
             Part("code2wav", code2wav, code2wav.Config, "code2wav.", optional=True),
         ),
-        passthrough=(
-            r"thinker\.(model\.)?visual\.",
-            r"talker\.(model\.codec_embedding|codec_head|text_projection|hidden_projection)\.",
-            r"talker\.code_predictor\.(model\.codec_embedding|lm_head)\.",
-        ),
-        notes="the vision tower and the talker's codec embeddings, projections and heads have no "
-        "omni_jax model yet; they are kept verbatim (passthrough)",
+        passthrough=(r"thinker\.(model\.)?visual\.",),
+        notes="the vision tower has no omni_jax model yet; it is kept verbatim (passthrough)",
     ),
     CheckpointMap(
         "qwen3_omni_moe_thinker",

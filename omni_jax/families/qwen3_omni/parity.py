@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omni_jax.families.qwen3_omni import pipeline
+from omni_jax.families.base import decode_layout
+from omni_jax.families.qwen3_omni import pipeline, speech
 from omni_jax.families.qwen3_omni import system as thinker
 from omni_jax.families.qwen3_omni.checkpoint import MAPS
 from omni_jax.families.qwen3_omni.positions import rope_index
@@ -30,6 +31,66 @@ def from_torch(module: Any) -> tuple[thinker.ThinkerConfig, dict]:
     cmap = next(m for m in MAPS if m.model_type == "qwen3_omni_moe_thinker")
     params = cmap.state_to_params(module.state_dict(), module.config.to_dict())
     return thinker.ThinkerConfig.from_hf(module.config), jax.tree.map(jnp.asarray, params)
+
+
+def omni_from_torch(module: Any) -> tuple[tuple[thinker.ThinkerConfig, speech.SpeechConfig], dict]:
+    """((ThinkerConfig, SpeechConfig), params) of a speaking Qwen3OmniMoeForConditionalGeneration (its
+    in-memory keys), the decoders in the pipeline's decode layout; the vision tower is left out."""
+    params = jax.tree.map(jnp.asarray, MAPS[0].state_to_params(module.state_dict(), module.config.to_dict()))
+    config, speech_config = (
+        thinker.ThinkerConfig.from_hf(module.config),
+        speech.SpeechConfig.from_hf(module.config),
+    )
+    params["thinker"] = decode_layout(params["thinker"], config.text)
+    params["talker"] = speech.decode_layout(params["talker"], speech_config.talker)
+    return (config, speech_config), params
+
+
+def reference_speech(model, inputs: dict, max_new_tokens: int, speaker: str, **talker_kwargs):
+    """transformers' speech generate with greedy thinker and talker: (new ids b T, codes b G N, per-row
+    waveforms); the codes are the ones its Code2Wav decodes."""
+    import torch
+
+    seen = {}
+    decode = model.code2wav.chunked_decode
+
+    def record(codes, **kw):
+        seen["codes"] = codes.numpy()
+        return decode(codes, **kw)
+
+    given = {k: torch.as_tensor(v) for k, v in inputs.items()}
+    with torch.no_grad(), mock.patch.object(model.code2wav, "chunked_decode", record):
+        ids, wav = model.generate(
+            **given, speaker=speaker, return_audio=True, thinker_max_new_tokens=max_new_tokens,
+            thinker_do_sample=False, talker_do_sample=False, **talker_kwargs,
+        )  # fmt: skip
+    waves = [w.reshape(-1).numpy() for w in (wav if isinstance(wav, list) else [wav])]
+    return ids[:, given["input_ids"].shape[1] :].numpy(), seen["codes"], waves
+
+
+def _speech_case(model, input_ids, attention_mask, max_new_tokens, *, speaker="Ethan", **kwargs):
+    """compare_generate(..., return_audio=True): both chains greedy with the same talker_* settings."""
+    talker = {k: kwargs.pop(k) for k in list(kwargs) if k.startswith("talker_")}
+    talker.pop("talker_do_sample", None)
+    inputs = core.numpy_inputs(dict(input_ids=input_ids, attention_mask=attention_mask, **kwargs))
+    ref_ids, ref_codes, ref_waves = reference_speech(model, inputs, max_new_tokens, speaker, **talker)
+    (config, speech_config), params = omni_from_torch(model)
+    eos = (model.config.im_end_token_id,)
+    pad = model.thinker.generation_config.pad_token_id
+    pad = eos[0] if pad is None else pad
+    ids = thinker.generate(params, config, inputs, max_new_tokens=max_new_tokens, eos_ids=eos, pad_id=pad)
+    ids = core.trim_to(ref_ids, np.asarray(ids), pad)
+    talker_max, settings = pipeline.talker_settings({**talker, "talker_do_sample": False})
+    prompt = speech.prompt_for(params, config, speech_config, inputs, ids, speaker=speaker, thinker_eos=eos)
+    tokens, frames = speech.talk(
+        params["talker"], speech_config.talker, prompt, max_new_tokens=talker_max, settings=settings
+    )
+    codec_eos = speech_config.talker.codec_id("eos")
+    waves = speech.waveforms(params["code2wav"], speech_config.code2wav, tokens, frames, codec_eos)
+    lengths = speech.frame_lengths(tokens, frames, codec_eos)
+    if len(frames) > 1:  # transformers zeroes a batch's codes past each row's codec_eos
+        frames = np.where(np.arange(frames.shape[-1]) < lengths[:, None, None], frames, 0)
+    return core.speech_report(type(model).__name__, (ref_ids, ids), (ref_codes, frames), (ref_waves, waves))
 
 
 def _logits_case(module, input_ids, attention_mask=None, input_features=None, feature_attention_mask=None):
@@ -120,6 +181,10 @@ def stages(hf_dir, audios, prompts=None, *, max_new_tokens: int = 24) -> list[co
 TABLE = core.ParityTable(
     cases={"Qwen3OmniMoeThinkerForConditionalGeneration": core.ParityCase(_logits_case, core.LOGITS_ATOL)},
     generate={"Qwen3OmniMoeThinkerForConditionalGeneration": generate_case(from_torch, thinker.generate)},
-    from_torch={"Qwen3OmniMoeThinkerForConditionalGeneration": from_torch},
+    from_torch={
+        "Qwen3OmniMoeThinkerForConditionalGeneration": from_torch,
+        "Qwen3OmniMoeForConditionalGeneration": omni_from_torch,
+    },
+    speech={"Qwen3OmniMoeForConditionalGeneration": _speech_case},
     stages=stages,
 )

@@ -1,29 +1,43 @@
-"""Qwen3-Omni Thinker pipeline: clips + requests -> chat template + processor -> AuT + fusion -> MoE decoding.
+"""Qwen3-Omni pipeline: clips + requests -> chat template + processor -> AuT + fusion -> MoE decoding, and
+with the talker's weights speech: talker prompt -> Talker + code predictor -> Code2Wav (omni_jax.families.
+qwen3_omni.speech).
 
-    pipe = load("checkpoints/qwen3-omni")  # HF folder (thinker weights suffice) or its omni_jax conversion
+    pipe = load("checkpoints/qwen3-omni")  # HF folder (thinker weights suffice for text) or its conversion
     inputs = pipe.prepare([clip])  # default request: "Transcribe the input speech."
     print(pipe.decode(pipe.generate(inputs, max_new_tokens=64)))
+    out = pipe.generate(inputs, max_new_tokens=64, return_audio=True, speaker="Ethan")  # out.ids, out.audio
+    for event in pipe.stream(inputs, max_new_tokens=64, return_audio=True, packet=4): ...
 
-Generation stops at `<|im_end|>` (the config's im_end_token_id, transformers' thinker EOS). On CPU the
-thinker decodes in `decoder.cpu_layout` (omni_jax.families.base.decode_layout).
+Generation stops at `<|im_end|>` (the config's im_end_token_id, transformers' thinker EOS). The talker's
+settings take transformers' stage-prefixed names and defaults (talker_max_new_tokens 4096, talker_do_sample
+True, talker_temperature 0.9, talker_top_k 50, talker_top_p 1.0, talker_repetition_penalty 1.05). On CPU the
+decoders run in `decoder.cpu_layout` (omni_jax.families.base.decode_layout).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from omni_jax.families.base import BasePipeline, decode_layout, load_checkpoint
+from omni_jax.families.qwen3_omni import speech
 from omni_jax.families.qwen3_omni import system as thinker
 from omni_jax.families.qwen3_omni.checkpoint import MAPS
 from omni_jax.families.qwen3_omni.processor import Qwen3OmniProcessor
 from omni_jax.inference.sampling import GREEDY, Sampling
+from omni_jax.models.code2wav import SAMPLE_RATE
 from omni_jax.processing.common import as_clips, as_requests, check_audio_length
 
 DEFAULT_PROMPT = "Transcribe the input speech."
 IM_END = 151645
+TALKER_OPTIONS = (
+    "talker_max_new_tokens", "talker_do_sample", "talker_temperature", "talker_top_k", "talker_top_p",
+    "talker_repetition_penalty",
+)  # fmt: skip
 
 
 def conversations(audios: list[np.ndarray], prompts: list[str | None] | None) -> list[list[dict]]:
@@ -36,10 +50,41 @@ def conversations(audios: list[np.ndarray], prompts: list[str | None] | None) ->
     ]  # fmt: skip
 
 
+class Speech(NamedTuple):
+    """`generate(..., return_audio=True)`: new text ids b n, and per row its codec frames (G n_r) and its
+    waveform (float32 in [-1, 1] at `sample_rate`)."""
+
+    ids: np.ndarray
+    codes: list[np.ndarray]
+    audio: list[np.ndarray]
+    sample_rate: int = SAMPLE_RATE
+
+
+class Event(NamedTuple):
+    """One `stream` event: kind "text" (data: each row's new text) or "audio" (data: each row's new
+    samples, possibly empty)."""
+
+    kind: str
+    data: list
+
+
+def talker_settings(options: dict) -> tuple[int, speech.TalkerSettings]:
+    """(talker_max_new_tokens, TalkerSettings) of transformers-named talker_* keywords."""
+    if unknown := sorted(set(options) - set(TALKER_OPTIONS)):
+        raise ValueError(f"unknown talker options {unknown}; known: {list(TALKER_OPTIONS)}")
+    fields = {k[len("talker_") :]: v for k, v in options.items() if k != "talker_max_new_tokens"}
+    return int(options.get("talker_max_new_tokens", 4096)), speech.TalkerSettings(**fields)
+
+
 class Pipeline(BasePipeline):
-    """A loaded Qwen3-Omni thinker: config, params, processor and the EOS / pad ids."""
+    """A loaded Qwen3-Omni: config, params, processor, the EOS / pad ids, and `speech` (SpeechConfig, None
+    without talker / code2wav weights)."""
 
     system = thinker
+
+    def __init__(self, config, params, processor, eos_ids, pad_id, speech_config=None):
+        super().__init__(config, params, processor, eos_ids, pad_id)
+        self.speech = speech_config
 
     def prepare(
         self, audios: list[np.ndarray], prompts: list[str | None] | None = None
@@ -53,13 +98,95 @@ class Pipeline(BasePipeline):
         )
 
     def generate(
-        self, inputs: dict, *, max_new_tokens: int, sampling: Sampling = GREEDY, seed: int = 0
-    ) -> np.ndarray:
-        """New token ids b n (finished rows padded with the pad id; n stops once every row is done)."""
+        self, inputs: dict, *, max_new_tokens: int, sampling: Sampling = GREEDY, seed: int = 0,
+        return_audio: bool = False, speaker: str = "Ethan", **talker_options: Any,
+    ) -> np.ndarray | Speech:  # fmt: skip
+        """New token ids b n (finished rows padded with the pad id; n stops once every row is done); with
+        return_audio, a `Speech` (ids, codes and 24-kHz waveform per row, as transformers' generate)."""
+        talker_max, settings = self._check_speech(return_audio, speaker, talker_options)
         ids = super().generate(inputs, max_new_tokens=max_new_tokens, sampling=sampling, seed=seed)
-        done = np.isin(ids, self.eos_ids).cumsum(1) > 0
-        steps = int((~done).sum(1).max()) + 1  # up to the last row's EOS
-        return ids[:, :steps]
+        ids = ids[:, : _answer_length(ids, self.eos_ids)]
+        if not return_audio:
+            return ids
+        tokens, frames = speech.talk(
+            self.params["talker"], self.speech.talker, self._talker_prompt(inputs, ids, speaker),
+            max_new_tokens=talker_max, settings=settings, seed=seed,
+        )  # fmt: skip
+        eos = self.speech.talker.codec_id("eos")
+        audio = speech.waveforms(self.params["code2wav"], self.speech.code2wav, tokens, frames, eos)
+        lengths = speech.frame_lengths(tokens, frames, eos)
+        return Speech(ids, [f[:, :n] for f, n in zip(frames, lengths, strict=True)], audio)
+
+    def stream(
+        self, inputs: dict, *, max_new_tokens: int, sampling: Sampling = GREEDY, seed: int = 0,
+        return_audio: bool = False, speaker: str = "Ethan", packet: int = 4, first_packet: int = 1,
+        **talker_options: Any,
+    ) -> Iterator:  # fmt: skip
+        """Without return_audio, each step's tokens (b,) as they are chosen. With it, `Event`s: the Thinker's
+        text deltas, then audio packets (`packet` frames, the first `first_packet`) whose concatenation per
+        row equals `generate(..., return_audio=True).audio`. Bad settings fail here, before any work."""
+        if not return_audio:
+            return super().stream(inputs, max_new_tokens=max_new_tokens, sampling=sampling, seed=seed)
+        talker_max, settings = self._check_speech(return_audio, speaker, talker_options)
+        if packet < 1 or first_packet < 1:
+            raise ValueError(
+                f"packet sizes must be >= 1 frame, got packet={packet}, first_packet={first_packet}"
+            )
+        options = dict(max_new_tokens=max_new_tokens, sampling=sampling, seed=seed)
+        return self._speech_events(inputs, options, speaker, talker_max, settings, packet, first_packet)
+
+    def _speech_events(self, inputs, options, speaker, talker_max, settings, packet, first_packet):
+        steps, texts = [], None
+        for token in super().stream(inputs, **options):
+            steps.append(token)
+            ids = np.stack(steps, 1)
+            new = self.decode(ids)
+            if texts is not None or any(new):
+                yield Event("text", [n[len(o) :] for n, o in zip(new, texts or [""] * len(new), strict=True)])
+            texts = new
+        ids = np.stack(steps, 1)[:, : _answer_length(np.stack(steps, 1), self.eos_ids)]
+        prompt = self._talker_prompt(inputs, ids, speaker)
+        eos = self.speech.talker.codec_id("eos")
+        wav = speech.WavStream(
+            self.params["code2wav"], self.speech.code2wav, len(ids), packet=packet, first_packet=first_packet
+        )
+        talk = speech.talk_stream(
+            self.params["talker"], self.speech.talker, prompt, max_new_tokens=talker_max, settings=settings,
+            seed=options["seed"],
+        )  # fmt: skip
+        ended = np.zeros(len(ids), bool)
+        for i, (token, frame) in enumerate(talk):
+            for row in np.flatnonzero((token == eos) & ~ended):  # a row's frames before its codec_eos count
+                wav.end_row(int(row), i)
+            ended |= token == eos
+            if frame is not None and (chunk := wav.push(frame)) is not None:
+                yield Event("audio", chunk)
+        if (chunk := wav.flush()) is not None:
+            yield Event("audio", chunk)
+
+    def _check_speech(self, return_audio: bool, speaker: str, options: dict):
+        if not return_audio:
+            if options:
+                raise ValueError(f"talker options {sorted(options)} need return_audio=True")
+            return None, None
+        if self.speech is None:
+            raise ValueError(
+                "return_audio=True needs the talker and code2wav weights: this checkpoint has only "
+                f"{sorted(self.params)} (a thinker-only checkpoint, or enable_audio_output false)"
+            )
+        self.speech.talker.speaker_id(speaker)
+        return talker_settings(options)
+
+    def _talker_prompt(self, inputs: dict, ids: np.ndarray, speaker: str) -> speech.TalkerPrompt:
+        return speech.prompt_for(
+            self.params, self.config, self.speech, inputs, ids, speaker=speaker, thinker_eos=self.eos_ids
+        )
+
+
+def _answer_length(ids: np.ndarray, eos_ids) -> int:
+    """Steps up to the last row's EOS (transformers stops once every row is done)."""
+    done = np.isin(ids, eos_ids).cumsum(1) > 0
+    return min(ids.shape[1], int((~done).sum(1).max()) + 1)
 
 
 def thinker_stop_ids(path: Path, hf_config: dict) -> tuple[tuple[int, ...], int]:
@@ -72,13 +199,22 @@ def thinker_stop_ids(path: Path, hf_config: dict) -> tuple[tuple[int, ...], int]
 
 
 def load(path, *, dtype=None) -> Pipeline:
-    """An HF Qwen3-Omni folder (`model_type` qwen3_omni_moe) or its omni_jax conversion; only the thinker and
-    its audio encoder are used."""
+    """An HF Qwen3-Omni folder (`model_type` qwen3_omni_moe) or its omni_jax conversion. The thinker and its
+    audio encoder are required; the talker and code2wav, when present, give speech output."""
     path, hf_config, config, params = load_checkpoint(path, MAPS, thinker, thinker.ThinkerConfig, dtype)
-    params = {
+    kept = {
         "audio_encoder": params["audio_encoder"],
         "thinker": decode_layout(params["thinker"], config.text),
     }
+    speech_config = None
+    if "talker" in params and "code2wav" in params:
+        speech_config = speech.SpeechConfig.from_hf(hf_config)
+        kept["talker"] = speech.decode_layout(params["talker"], speech_config.talker)
+        kept["code2wav"] = params["code2wav"]
     return Pipeline(
-        config, params, Qwen3OmniProcessor.from_pretrained(path), *thinker_stop_ids(path, hf_config)
+        config,
+        kept,
+        Qwen3OmniProcessor.from_pretrained(path),
+        *thinker_stop_ids(path, hf_config),
+        speech_config,
     )
