@@ -82,8 +82,8 @@ class Config:
     def from_hf(cls, hf_config: Any) -> Config:
         """From a Qwen3OmniMoeCode2WavConfig, a full Qwen3OmniMoeConfig, or either as a dict."""
         cfg = sub_config(hf_config, "code2wav_config")
-        model_type = hf_get(cfg, "model_type", default="qwen3_omni_moe_code2wav")
-        if model_type != "qwen3_omni_moe_code2wav":
+        model_type = hf_get(cfg, "model_type", default="")  # "" in sub-configs saved by transformers
+        if model_type not in ("", "qwen3_omni_moe_code2wav"):
             raise ValueError(f"not a Code2Wav config: model_type {model_type!r}")
         rope = hf_get(cfg, "rope_parameters", default={})
         if rope.get("rope_type", "default") != "default":
