@@ -55,7 +55,9 @@ def test_tables_and_block_structure(converted):
     than there are."""
     config, _ = converted
     tables, layout = ve.grid_tables(config, [[1, 4, 6], [3, 8, 16]])
-    assert layout == ve.Layout(patches=512, block=128, key_blocks=4)  # 24 + 384 patches, segments across blocks
+    assert layout == ve.Layout(
+        patches=512, block=128, key_blocks=4
+    )  # 24 + 384 patches, segments across blocks
     segments = tables.segments
     assert np.bincount(segments[segments >= 0]).tolist() == [24, 128, 128, 128]
     assert (segments[408:] == -1).all()
