@@ -2,7 +2,7 @@
 thinker saved on its own."""
 
 from omni_jax.convert.parts import CheckpointMap, Part
-from omni_jax.models import aut_encoder, code2wav, decoder
+from omni_jax.models import aut_encoder, code2wav, decoder, vision_encoder
 
 THINKER_ALIASES = (("model.", "model.language_model."),)
 
@@ -17,6 +17,10 @@ MAPS = (
                 aliases=(("thinker.audio_tower.", "thinker.model.audio_tower."),),
             ),
             Part(
+                "vision_encoder", vision_encoder, vision_encoder.VisionConfig, "thinker.visual.",
+                ("thinker_config",), aliases=(("thinker.visual.", "thinker.model.visual."),),
+            ),
+            Part(
                 "thinker", decoder, decoder.Config, "thinker.", ("thinker_config", "text_config"),
                 aliases=(("thinker.model.", "thinker.model.language_model."),),
             ),
@@ -28,12 +32,11 @@ MAPS = (
             Part("code2wav", code2wav, code2wav.Config, "code2wav."),
         ),
         passthrough=(
-            r"thinker\.(model\.)?visual\.",
             r"talker\.(model\.codec_embedding|codec_head|text_projection|hidden_projection)\.",
             r"talker\.code_predictor\.(model\.codec_embedding|lm_head)\.",
         ),
-        notes="the vision tower and the talker's codec embeddings, projections and heads have no "
-        "omni_jax model yet; they are kept verbatim (passthrough)",
+        notes="the talker's codec embeddings, projections and heads have no omni_jax model yet; they are "
+        "kept verbatim (passthrough)",
     ),
     CheckpointMap(
         "qwen3_omni_moe_thinker",
@@ -43,9 +46,12 @@ MAPS = (
                 "audio_encoder", aut_encoder, aut_encoder.AuTConfig, "audio_tower.",
                 aliases=(("audio_tower.", "model.audio_tower."),),
             ),
+            Part(
+                "vision_encoder", vision_encoder, vision_encoder.VisionConfig, "visual.",
+                aliases=(("visual.", "model.visual."),),
+            ),
             Part("thinker", decoder, decoder.Config, "", ("text_config",), aliases=THINKER_ALIASES),
         ),
-        passthrough=(r"(model\.)?visual\.",),
-        notes="a thinker saved on its own; the vision tower has no omni_jax model yet (passthrough)",
+        notes="a thinker saved on its own",
     ),
 )  # fmt: skip

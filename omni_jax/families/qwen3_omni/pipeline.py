@@ -79,6 +79,7 @@ def load(path, *, dtype=None) -> Pipeline:
     params = {
         "audio_encoder": params["audio_encoder"],
         "thinker": decode_layout(params["thinker"], config.text),
+        **{k: params[k] for k in ("vision_encoder",) if k in params},
     }
     return Pipeline(
         config, params, Qwen3OmniProcessor.from_pretrained(path), *thinker_stop_ids(path, hf_config)
