@@ -202,7 +202,8 @@ def _patchify(frames: np.ndarray, config: VisionProcessorConfig) -> tuple[np.nda
     return x.reshape(gt * gh * gw, ch * tp * p * p), (gt, gh, gw)
 
 
-def _as_list(items: Any, what: str) -> list:
+def as_items(items: Any, what: str) -> list:
+    """One input or a list (nested one level, as transformers flattens) -> a non-empty flat list."""
     if isinstance(items, np.ndarray) or not isinstance(items, Sequence) or isinstance(items, str):
         items = [items]
     flat = [x for item in items for x in (item if isinstance(item, list | tuple) else [item])]
@@ -218,7 +219,7 @@ def preprocess_images(
     image_grid_thw n 3 int64), as Qwen2VLImageProcessor. `overrides` replace config fields (min_pixels...)."""
     config = dataclasses.replace(config or VisionProcessorConfig(), **overrides)
     rows, grids = [], []
-    for i, image in enumerate(_as_list(images, "images")):
+    for i, image in enumerate(as_items(images, "images")):
         rgb = load_image(image)
         _, h, w = rgb.shape
         try:
@@ -322,7 +323,7 @@ def preprocess_video(
     (the processor's video size), padded with the last frame to whole temporal patches, and
     temporal_patch_size / fps seconds per grid, `fps` being the rate the frames were sampled at."""
     config = config or VisionProcessorConfig()
-    items = _as_list(videos, "videos") if not isinstance(videos, np.ndarray) or videos.ndim != 4 else [videos]
+    items = as_items(videos, "videos") if not isinstance(videos, np.ndarray) or videos.ndim != 4 else [videos]
     rates = [float(fps)] * len(items) if np.ndim(fps) == 0 else [float(f) for f in fps]
     if len(rates) != len(items) or min(rates) <= 0:
         raise ValueError(f"fps must be positive, one value or one per video: {fps} for {len(items)} video(s)")
