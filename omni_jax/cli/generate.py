@@ -1,11 +1,13 @@
-"""python -m omni_jax.generate: audio file(s) and a request in, text out, streamed as it is generated.
+"""python -m omni_jax.generate: audio, image or video file(s) and a request in, text out, streamed.
 
     python -m omni_jax.generate --model DIR --audio FILE [--audio FILE ...] [--prompt TEXT]
         [--max-new-tokens N] [--temperature T] [--json]
+    python -m omni_jax.generate --model DIR --image FILE [--video FILE [--fps F] [--use-audio-in-video]]
 
 DIR is an HF checkpoint folder or one converted by `python -m omni_jax.convert`; its config.json
 `model_type` picks the family pipeline (omni_jax.families.registry). Several audio files are one batch
-(the same request for each). --json prints one object with the token ids, the texts and the timings
+(the same request for each); so are several images / videos (Qwen3-Omni), one of each kind given per row.
+--json prints one object with the token ids, the texts and the timings
 (compilation included) instead of streaming.
 """
 
@@ -38,7 +40,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--model", required=True, help="HF checkpoint folder or an omni_jax conversion of one"
     )
-    parser.add_argument("--audio", required=True, action="append", help="audio file (repeat for a batch)")
+    parser.add_argument("--audio", action="append", default=[], help="audio file (repeat for a batch)")
+    parser.add_argument("--image", action="append", default=[], help="image file (Qwen3-Omni; repeatable)")
+    parser.add_argument("--video", action="append", default=[], help="video file (Qwen3-Omni; repeatable)")
+    parser.add_argument("--fps", type=float, default=2.0, help="video frames sampled per second (default 2)")
+    parser.add_argument(
+        "--use-audio-in-video", action="store_true", help="hear each video's sound track too (Qwen3-Omni)"
+    )
     parser.add_argument(
         "--prompt", default=None, help="request for every clip (default: the model's transcription request)"
     )
@@ -52,6 +60,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _prepare(pipe, args: argparse.Namespace, audios: list) -> dict:
+    """The pipeline's inputs: one row per file of each kind given (the same request for each row)."""
+    visual = {"images": args.image, "videos": args.video}
+    rows = max(len(audios), len(args.image), len(args.video))
+    if not rows:
+        raise ValueError("give at least one --audio, --image or --video file")
+    prompts = None if args.prompt is None else [args.prompt] * rows
+    if not (args.image or args.video):
+        return pipe.prepare(audios, prompts)
+    if not getattr(pipe.processor, "visual", False):
+        raise ValueError(f"{args.model} takes no images or videos (audio and text only)")
+    options = {"fps": args.fps, "use_audio_in_video": args.use_audio_in_video} if args.video else {}
+    return pipe.prepare(audios or None, prompts, **{k: v or None for k, v in visual.items()}, **options)
+
+
 def run(args: argparse.Namespace) -> dict:
     """Load, prepare, generate (streaming unless --json). -> the --json object."""
     from omni_jax.audio import load_audio
@@ -63,9 +86,9 @@ def run(args: argparse.Namespace) -> dict:
     pipe = load_pipeline(args.model, dtype=args.dtype)
     loaded = time.perf_counter()
     audios = [load_audio(path) for path in args.audio]
-    inputs = pipe.prepare(audios, None if args.prompt is None else [args.prompt] * len(audios))
+    inputs = _prepare(pipe, args, audios)
     prepared = time.perf_counter()
-    show = None if args.json or len(audios) > 1 else Printer(pipe)
+    show = None if args.json or len(inputs["input_ids"]) > 1 else Printer(pipe)
     steps, first = [], None
     for tokens in pipe.stream(inputs, max_new_tokens=args.max_new_tokens, sampling=sampling, seed=args.seed):
         first = first or time.perf_counter()
@@ -82,6 +105,8 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "model": args.model,
         "audio": args.audio,
+        "image": args.image,
+        "video": args.video,
         "prompt": args.prompt,
         "ids": ids.tolist(),
         "text": texts,

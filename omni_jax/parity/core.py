@@ -107,9 +107,7 @@ def numpy_inputs(inputs: dict) -> dict[str, np.ndarray]:
     """Model inputs given as CPU torch tensors (or numpy arrays) -> numpy; None entries dropped, flags (e.g.
     use_audio_in_video) kept as they are."""
     return {
-        k: v.detach().cpu().numpy() if hasattr(v, "detach") else v
-        for k, v in inputs.items()
-        if v is not None
+        k: v.detach().cpu().numpy() if hasattr(v, "detach") else v for k, v in inputs.items() if v is not None
     }
 
 

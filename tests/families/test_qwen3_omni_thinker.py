@@ -262,7 +262,9 @@ def test_bad_inputs(pipe, inputs):
         )
     with pytest.raises(ValueError, match="placeholder count mismatch"):
         thinker.prepare_prompt(p, c, {"input_ids": ids, "attention_mask": mask})
-    with pytest.raises(ValueError, match="image placeholder count mismatch: input_ids have 0 .* give 4 tokens"):
+    with pytest.raises(
+        ValueError, match="image placeholder count mismatch: input_ids have 0 .* give 4 tokens"
+    ):
         run(pixel_values=np.zeros((16, 24), np.float32), image_grid_thw=np.array([[1, 4, 4]]))
     with pytest.raises(ValueError, match="come together"):
         run(video_grid_thw=np.array([[2, 4, 4]]))

@@ -26,23 +26,22 @@ from omni_jax.processing.tokenizer import load_chat_template
 
 def from_torch(module: Any) -> tuple[thinker.ThinkerConfig, dict]:
     """Config and parameters of a transformers Qwen3OmniMoeThinkerForConditionalGeneration (its in-memory
-    keys: fused experts); the vision tower is left out."""
+    keys: fused experts), vision tower included."""
     cmap = next(m for m in MAPS if m.model_type == "qwen3_omni_moe_thinker")
     params = cmap.state_to_params(module.state_dict(), module.config.to_dict())
     return thinker.ThinkerConfig.from_hf(module.config), jax.tree.map(jnp.asarray, params)
 
 
-def _logits_case(module, input_ids, attention_mask=None, input_features=None, feature_attention_mask=None):
-    """Logits of every valid position (padded query rows zeroed on both sides)."""
+def _logits_case(module, input_ids, attention_mask=None, **inputs):
+    """Logits of every valid position (padded query rows zeroed on both sides); `inputs` are the other model
+    inputs (audio features, pixel values and grids, video_second_per_grid, use_audio_in_video)."""
     import torch
 
     config, params = from_torch(module)
-    inputs = core.numpy_inputs(dict(
-        input_ids=input_ids, attention_mask=attention_mask, input_features=input_features,
-        feature_attention_mask=feature_attention_mask,
-    ))  # fmt: skip
+    inputs = core.numpy_inputs(dict(input_ids=input_ids, attention_mask=attention_mask, **inputs))
+    given = {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v for k, v in inputs.items()}
     with torch.no_grad():
-        ref = module(**{k: torch.as_tensor(v) for k, v in inputs.items()}).logits.float().numpy()
+        ref = module(**given).logits.float().numpy()
     ours = np.asarray(thinker.forward(params, config, inputs).logits)
     return core.masked_rows(ref, ours, attention_mask)
 

@@ -2,6 +2,7 @@
 
     pipe = load("checkpoints/qwen3-omni")  # HF folder (thinker weights suffice) or its omni_jax conversion
     inputs = pipe.prepare([clip])  # default request: "Transcribe the input speech."
+    inputs = pipe.prepare(images=["cat.png"], prompts=["What is this?"])  # or videos=[...], fps=2.0
     print(pipe.decode(pipe.generate(inputs, max_new_tokens=64)))
 
 Generation stops at `<|im_end|>` (the config's im_end_token_id, transformers' thinker EOS). On CPU the
@@ -22,21 +23,34 @@ from omni_jax.families.qwen3_omni.processor import Qwen3OmniProcessor
 from omni_jax.inference.sampling import GREEDY, Sampling
 
 DEFAULT_PROMPT = "Transcribe the input speech."
+VISUAL_PROMPT = "Describe what you see."
 IM_END = 151645
 
 
-def conversations(audios: list[np.ndarray], prompts: list[str | None] | None) -> list[list[dict]]:
-    """One user turn per clip: the audio, then its request (None: DEFAULT_PROMPT)."""
-    prompts = [None] * len(audios) if prompts is None else list(prompts)
-    if not audios or len(prompts) != len(audios):
+def conversations(
+    audios: list[np.ndarray] | None, prompts: list[str | None] | None, *, images: list | None = None,
+    videos: list | None = None,
+) -> list[list[dict]]:  # fmt: skip
+    """One user turn per row: its image, video and audio (each list one item per row, or None), then its
+    request (None: DEFAULT_PROMPT for audio, else VISUAL_PROMPT)."""
+    given = {k: v for k, v in (("image", images), ("video", videos), ("audio", audios)) if v is not None}
+    rows = {len(v) for v in given.values()} | ({len(prompts)} if prompts is not None else set())
+    if not given or len(rows) != 1 or 0 in rows:
         raise ValueError(
-            f"need one prompt per audio and at least one audio: {len(audios)} audios, {len(prompts)} prompts"
+            "need one prompt per row and one audio / image / video per row for each kind given: "
+            f"{ {k: len(v) for k, v in given.items()} }, {None if prompts is None else len(prompts)} prompts"
         )
-    return [
-        [{"role": "user", "content": [{"type": "audio", "audio": np.asarray(a, np.float32)},
-                                      {"type": "text", "text": DEFAULT_PROMPT if p is None else p}]}]
-        for a, p in zip(audios, prompts, strict=True)
-    ]  # fmt: skip
+    n = rows.pop()
+    prompts = [None] * n if prompts is None else list(prompts)
+    default = DEFAULT_PROMPT if "audio" in given else VISUAL_PROMPT
+    chats = []
+    for i in range(n):
+        content = [{"type": kind, kind: items[i]} for kind, items in given.items()]
+        if "audio" in given:
+            content[-1]["audio"] = np.asarray(audios[i], np.float32)
+        content.append({"type": "text", "text": default if prompts[i] is None else prompts[i]})
+        chats.append([{"role": "user", "content": content}])
+    return chats
 
 
 class Pipeline(BasePipeline):
@@ -45,13 +59,19 @@ class Pipeline(BasePipeline):
     system = thinker
 
     def prepare(
-        self, audios: list[np.ndarray], prompts: list[str | None] | None = None
-    ) -> dict[str, np.ndarray]:
-        """16-kHz clips and one request each -> numpy model inputs (left-padded batch)."""
-        chats = conversations(audios, prompts)
-        return self.processor.apply_chat_template(
-            chats, tokenize=True, add_generation_prompt=True, return_dict=True
+        self, audios: list[np.ndarray] | None = None, prompts: list[str | None] | None = None, *,
+        images: list | None = None, videos: list | None = None, fps: float = 2.0,
+        use_audio_in_video: bool = False,
+    ) -> dict[str, np.ndarray]:  # fmt: skip
+        """16-kHz clips, images (paths, PIL images, arrays) and videos (files, or frame arrays sampled at
+        `fps`), one of each kind given per row, and one request each -> numpy model inputs (left-padded).
+        use_audio_in_video: each video file's sound track is heard too (and the flag goes to the model)."""
+        chats = conversations(audios, prompts, images=images, videos=videos)
+        options = {"fps": fps, "use_audio_in_video": use_audio_in_video} if videos else {}
+        inputs = self.processor.apply_chat_template(
+            chats, tokenize=True, add_generation_prompt=True, return_dict=True, processor_kwargs=options
         )
+        return inputs | ({"use_audio_in_video": True} if videos and use_audio_in_video else {})
 
     def generate(
         self, inputs: dict, *, max_new_tokens: int, sampling: Sampling = GREEDY, seed: int = 0
@@ -73,8 +93,8 @@ def thinker_stop_ids(path: Path, hf_config: dict) -> tuple[tuple[int, ...], int]
 
 
 def load(path, *, dtype=None) -> Pipeline:
-    """An HF Qwen3-Omni folder (`model_type` qwen3_omni_moe) or its omni_jax conversion; only the thinker and
-    its audio encoder are used."""
+    """An HF Qwen3-Omni folder (`model_type` qwen3_omni_moe) or its omni_jax conversion; the thinker with its
+    audio and vision encoders are used."""
     path, hf_config, config, params = load_checkpoint(path, MAPS, thinker, thinker.ThinkerConfig, dtype)
     params = {
         "audio_encoder": params["audio_encoder"],

@@ -43,6 +43,7 @@ class Qwen3OmniProcessorConfig:
     image: vision.VisionProcessorConfig = vision.VisionProcessorConfig()
     video: vision.VisionProcessorConfig = vision.VisionProcessorConfig()
     position_id_per_seconds: float = 13.0  # the processor's (the thinker config must agree)
+    video_size: tuple[int, int] = vision.VIDEO_SIZE  # min, max pixels of a video frame (the processor's)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> Qwen3OmniProcessorConfig:
@@ -55,6 +56,7 @@ class Qwen3OmniProcessorConfig:
             image=vision.VisionProcessorConfig.from_dict(image),
             video=vision.VisionProcessorConfig.from_dict(video),
             position_id_per_seconds=float(processor.get("position_id_per_seconds", 13.0)),
+            video_size=tuple(processor.get("video_size", vision.VIDEO_SIZE)),
         )
 
 
@@ -209,7 +211,10 @@ class Qwen3OmniProcessor(AudioTextProcessor):
                 self.audio_token * n for i, n in enumerate(counts) if i not in in_video
             ]
         if videos:
-            pixels, grids, seconds = vision.preprocess_video(videos, fps=fps, config=self.config.video)
+            lo, hi = self.config.video_size
+            pixels, grids, seconds = vision.preprocess_video(
+                videos, fps=fps, config=self.config.video, min_pixels=lo, max_pixels=hi
+            )
             out |= {"pixel_values_videos": pixels, "video_grid_thw": grids, "video_second_per_grid": seconds}
             replacements[self.video_token] = [
                 self._video_replacement(g, s, None if slot is None else counts[slot])
