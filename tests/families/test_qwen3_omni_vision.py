@@ -46,8 +46,9 @@ def model():
     model = randomize(Qwen3OmniMoeThinkerForConditionalGeneration(config))
     m = model.model
     with torch.no_grad():
+        mergers = (m.visual.merger, m.visual.merger_list[0])
         for p in (m.language_model.embed_tokens.weight, *m.audio_tower.proj2.parameters(),
-                  *m.visual.merger.mlp[2].parameters(), *m.visual.merger_list[0].mlp[2].parameters()):  # fmt: skip
+                  *(q for merger in mergers for q in merger.mlp[2].parameters())):  # fmt: skip
             p.mul_(10)
     model.generation_config.eos_token_id = qwen3_omni.IM_END
     model.generation_config.pad_token_id = qwen3_omni.IM_END
@@ -96,7 +97,8 @@ def tiny_inputs(tiny_processor) -> dict:
             "use_audio_in_video": True,
         },
         "batch of image, video and audio (left padding)": tiny_processor(
-            [user.format(cases.IMAGE + "Describe" + cases.IMAGE), user.format(cases.AUDIO + cases.VIDEO + "Both?")],
+            [user.format(cases.IMAGE + "Describe" + cases.IMAGE),
+             user.format(cases.AUDIO + cases.VIDEO + "Both?")],
             audio=[cases.clip(0.8, 43)], images=[image, other], videos=[video], fps=3.0,
         ),
     }  # fmt: skip
@@ -160,8 +162,8 @@ def test_bad_inputs(model, inputs, tiny_processor, tmp_path):
     config, params = parity.from_torch(model)
     x = inputs["image + text"]
     with pytest.raises(ValueError, match="image placeholder count mismatch: input_ids have 15 .* give 30"):
-        thinker.prepare_prompt(params, config, {**x, "pixel_values": np.tile(x["pixel_values"], (2, 1)),
-                                                "image_grid_thw": np.tile(x["image_grid_thw"], (2, 1))})  # fmt: skip
+        twice = {k: np.tile(x[k], (2, 1)) for k in ("pixel_values", "image_grid_thw")}
+        thinker.prepare_prompt(params, config, {**x, **twice})
     with pytest.raises(ValueError, match="multiples of spatial_merge_size 2"):
         thinker.prepare_prompt(params, config, {**x, "image_grid_thw": np.array([[1, 5, 12]])})
     v = inputs["video with audio in video"]
@@ -231,7 +233,7 @@ def test_pipeline_and_cli_take_images_and_video(model, tokenizer_dir, tmp_path, 
             ref = model.generate(**batch, max_new_tokens=NEW, do_sample=False)[:, x["input_ids"].shape[1] :]
         ours = pipe.generate(x, max_new_tokens=NEW)
         np.testing.assert_array_equal(ours, ref.numpy()[:, : ours.shape[1]])
-    args = ["--model", str(folder), "--video", str(path), "--use-audio-in-video", "--image", str(tmp_path / "a.png"),
-            "--max-new-tokens", "3", "--json"]  # fmt: skip
+    args = ["--model", str(folder), "--video", str(path), "--use-audio-in-video",
+            "--image", str(tmp_path / "a.png"), "--max-new-tokens", "3", "--json"]  # fmt: skip
     assert cli.main(args) == 0
     assert np.shape(json.loads(capsys.readouterr().out)["ids"]) == (1, 3)
