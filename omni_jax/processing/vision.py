@@ -111,15 +111,20 @@ def _axis_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, int]:
 
 
 def _resize_axis(x: np.ndarray, n_out: int, axis: int) -> np.ndarray:
-    """One pass along `axis` of a uint8 array: int32 accumulation, rounding shift, clamp."""
+    """One pass along `axis` (-1: width, -2: height) of a uint8 array: int32 accumulation of the taps,
+    rounding shift, clamp."""
     xmin, w, precision = _axis_weights(x.shape[axis], n_out)
-    x = np.moveaxis(x, axis, -1)
-    acc = np.full((*x.shape[:-1], n_out), 1 << (precision - 1), np.int32)
-    last = x.shape[-1] - 1
+    shape = list(x.shape)
+    shape[axis] = n_out
+    acc = np.full(shape, 1 << (precision - 1), np.int32)
+    last = x.shape[axis] - 1
     for k in range(w.shape[1]):
-        acc += x[..., np.minimum(xmin + k, last)].astype(np.int32) * w[:, k]
-    out = np.clip(acc >> precision, 0, 255).astype(np.uint8)
-    return np.moveaxis(out, -1, axis)
+        taps = np.minimum(xmin + k, last)
+        if axis == -1:
+            acc += x[..., taps] * w[:, k]
+        else:
+            acc += x[..., taps, :] * w[:, k, None]
+    return np.clip(acc >> precision, 0, 255).astype(np.uint8)
 
 
 def resize_bicubic_uint8(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -184,16 +189,19 @@ def load_image(image: Any) -> np.ndarray:
     return _composite_rgba(array) if array.shape[0] == 4 else array
 
 
-def _normalize(images: np.ndarray, config: VisionProcessorConfig) -> np.ndarray:
-    """Fused rescale + normalise in float32: (x - mean/rescale) / (std/rescale). images: ... 3 h w."""
+def _normalize(patches: np.ndarray, config: VisionProcessorConfig) -> np.ndarray:
+    """Fused rescale + normalise in float32, (x - mean/rescale) / (std/rescale), of uint8 patches whose
+    features are ordered (C, T, row, col)."""
     inv = np.float32(1.0 / config.rescale_factor)
-    mean = np.asarray(config.image_mean, np.float32) * inv
-    std = np.asarray(config.image_std, np.float32) * inv
-    return (images.astype(np.float32) - mean[:, None, None]) / std[:, None, None]
+    per_channel = patches.shape[-1] // len(config.image_mean)
+    mean = np.repeat(np.asarray(config.image_mean, np.float32) * inv, per_channel)
+    std = np.repeat(np.asarray(config.image_std, np.float32) * inv, per_channel)
+    return (patches.astype(np.float32) - mean) / std
 
 
 def _patchify(frames: np.ndarray, config: VisionProcessorConfig) -> tuple[np.ndarray, tuple[int, int, int]]:
-    """Normalised frames t 3 h w (t a multiple of the temporal patch) -> (patches t'h'w' x features, grid)."""
+    """Frames t 3 h w (t a multiple of the temporal patch) -> (patches t'h'w' x features, grid), features
+    (C, T, row, col), patches in 2x2 merge blocks."""
     p, m, tp = config.patch_size, config.merge_size, config.temporal_patch_size
     t, ch, h, w = frames.shape
     gt, gh, gw = t // tp, h // p, w // p
@@ -226,9 +234,9 @@ def preprocess_images(
             size = smart_resize(h, w, config.factor, config.min_pixels, config.max_pixels)
         except ValueError as e:
             raise ValueError(f"image {i}: {e}") from None
-        frame = _normalize(resize_bicubic_uint8(rgb, *size), config)
+        frame = resize_bicubic_uint8(rgb, *size)
         patches, grid = _patchify(np.repeat(frame[None], config.temporal_patch_size, 0), config)
-        rows.append(patches)
+        rows.append(_normalize(patches, config))
         grids.append(grid)
     return np.concatenate(rows), np.asarray(grids, np.int64)
 
@@ -337,11 +345,11 @@ def preprocess_video(
             size = smart_resize(*frames.shape[2:], config.factor, min_pixels, max_pixels)
         except ValueError as e:
             raise ValueError(f"video {i}: {e}") from None
-        frames = _normalize(resize_bicubic_uint8(frames, *size), config)
+        frames = resize_bicubic_uint8(frames, *size)
         if pad := -len(frames) % config.temporal_patch_size:
             frames = np.concatenate([frames, np.repeat(frames[-1:], pad, 0)])
         patches, grid = _patchify(frames, config)
-        rows.append(patches)
+        rows.append(_normalize(patches, config))
         grids.append(grid)
     seconds = np.asarray([config.temporal_patch_size / r for r in rates], np.float64)
     return np.concatenate(rows), np.asarray(grids, np.int64), seconds
