@@ -619,9 +619,9 @@ def test_qwen3_omni_round_trip_and_missing_parts(omni, tmp_path):
         metadata={"format": "pt"},
     )
     manifest = pipeline.to_jax(thinker_only, tmp_path / "thinker_jax")
-    assert manifest["parts"] == ["audio_encoder", "thinker"]
+    assert manifest["parts"] == ["audio_encoder", "vision_encoder", "thinker"]
     config, params = omni_jax.load_pretrained(tmp_path / "thinker_jax")
-    assert set(params) == {"audio_encoder", "thinker"}
+    assert set(params) == {"audio_encoder", "vision_encoder", "thinker"}
 
 
 def test_jax_checkpoint_that_does_not_fit_the_model_is_refused(whisper, tmp_path):

@@ -195,7 +195,8 @@ def test_bad_inputs(model, inputs, tiny_processor, tmp_path):
 
 def test_pipeline_and_cli_take_images_and_video(model, tokenizer_dir, tmp_path, capsys):
     """A saved thinker with its processor files loads; prepare/generate with an image and with a video file
-    (its sound track heard) equal transformers' greedy tokens; the CLI runs with --image / --video."""
+    (its sound track heard) equal transformers' greedy tokens, streamed too; the CLI runs with --image /
+    --video."""
     import av
     from PIL import Image
 
@@ -233,6 +234,8 @@ def test_pipeline_and_cli_take_images_and_video(model, tokenizer_dir, tmp_path, 
             ref = model.generate(**batch, max_new_tokens=NEW, do_sample=False)[:, x["input_ids"].shape[1] :]
         ours = pipe.generate(x, max_new_tokens=NEW)
         np.testing.assert_array_equal(ours, ref.numpy()[:, : ours.shape[1]])
+        streamed = np.stack(list(pipe.stream(x, max_new_tokens=NEW)), 1)
+        np.testing.assert_array_equal(streamed[:, : ours.shape[1]], ours)
     args = ["--model", str(folder), "--video", str(path), "--use-audio-in-video",
             "--image", str(tmp_path / "a.png"), "--max-new-tokens", "3", "--json"]  # fmt: skip
     assert cli.main(args) == 0
