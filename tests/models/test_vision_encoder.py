@@ -95,3 +95,19 @@ def test_bad_inputs(converted):
         ve.encode(params, config, np.zeros((16, 95), np.float32), [[1, 4, 4]])
     with pytest.raises(ValueError, match="must be positive"):
         ve.encode(params, config, np.zeros((0, 96), np.float32), [[1, 0, 4]])
+
+
+def test_sharded_params_give_the_same_features(converted):
+    """Parameters laid out by their logical axes on a (fsdp 2 x tensor 2) mesh: the same outputs."""
+    from omni_jax import sharding
+    from omni_jax.nn.params import logical_axes
+
+    config, params = converted
+    pixels, grid = (t.numpy() for t in patches([[1, 4, 6], [2, 4, 4]]))
+    want = ve.encode(params, config, pixels, grid)
+    mesh = sharding.make_mesh(fsdp=2, tensor=2)
+    sharded = sharding.shard_params(params, mesh, axes=logical_axes(ve.param_specs(config)))
+    assert len(sharded["blocks"]["fc1"]["kernel"].sharding.device_set) == 4
+    got = ve.encode(sharded, config, pixels, grid)
+    np.testing.assert_allclose(np.asarray(got.embeds), np.asarray(want.embeds), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(got.deepstack), np.asarray(want.deepstack), atol=1e-5)
