@@ -118,7 +118,7 @@ def check_inputs(
     if not isinstance(inputs, dict):
         raise ValueError(f"inputs must be a dict of processor outputs, got {type(inputs).__name__}")
     if unknown := sorted(set(inputs) - set(INPUTS) - set(VISION_INPUTS)):
-        raise ValueError(f"unexpected inputs {unknown}; expected {INPUTS}")
+        raise ValueError(f"unexpected inputs {unknown}; expected {INPUTS + VISION_INPUTS}")
     ids = np.asarray(inputs.get("input_ids"))
     if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
         raise ValueError(f"input_ids must be integers (batch, length), got {ids.dtype} {ids.shape}")
