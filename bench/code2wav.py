@@ -1,7 +1,8 @@
 """Code2Wav on CPU: JAX vs transformers in one process, released-size config with random weights.
 
 Rows: ms per code and real-time factor of a one-shot decode, first-packet latency of one streamed frame, and
-the per-code cost of streaming one and four frames per step (four: against JAX's own one-shot). No GPU rows: none is lent to this task.
+the per-code cost of streaming one and four frames per step (four: against JAX's own one-shot). No GPU
+rows: none is lent to this task.
 """
 
 from __future__ import annotations

@@ -1,17 +1,19 @@
-"""python -m omni_jax.generate: audio file(s) and a request in, text out, streamed as it is generated.
+"""python -m omni_jax.generate: audio, image or video file(s) and a request in, text out, streamed.
 
     python -m omni_jax.generate --model DIR --audio FILE [--audio FILE ...] [--prompt TEXT]
         [--max-new-tokens N] [--temperature T] [--json]
     python -m omni_jax.generate --model QWEN3_OMNI_DIR --audio FILE --prompt TEXT --speak out.wav
         [--speaker NAME] [--stream] [--packet FRAMES] [--talker-max-new-tokens N] [--talker-greedy]
+    python -m omni_jax.generate --model DIR --image FILE [--video FILE [--fps F] [--use-audio-in-video]]
 
 DIR is an HF checkpoint folder or one converted by `python -m omni_jax.convert`; its config.json
 `model_type` picks the family pipeline (omni_jax.families.registry). Several audio files are one batch
-(the same request for each). --json prints one object with the token ids, the texts and the timings
-(compilation included) instead of streaming. --speak (Qwen3-Omni with talker weights, one clip) also writes
-the spoken answer (24 kHz); with --stream the text is printed and the audio written as they come. Exit
-status: 0 done, 1 loading or generation failed, 2 a usage error (bad argument, unreadable audio file,
-unsupported folder), found before the model loads.
+(the same request for each); so are several images / videos (Qwen3-Omni), one of each kind given per row.
+--json prints one object with the token ids, the texts and the timings (compilation included) instead of
+streaming. --speak (Qwen3-Omni with talker weights, one clip) also writes the spoken answer (24 kHz); with
+--stream the text is printed and the audio written as they come. Exit status: 0 done, 1 loading or
+generation failed, 2 a usage error (bad argument, unreadable audio file, unsupported folder), found before
+the model loads.
 """
 
 from __future__ import annotations
@@ -46,7 +48,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--model", required=True, help="HF checkpoint folder or an omni_jax conversion of one"
     )
-    parser.add_argument("--audio", required=True, action="append", help="audio file (repeat for a batch)")
+    parser.add_argument("--audio", action="append", default=[], help="audio file (repeat for a batch)")
+    parser.add_argument("--image", action="append", default=[], help="image file (Qwen3-Omni; repeatable)")
+    parser.add_argument("--video", action="append", default=[], help="video file (Qwen3-Omni; repeatable)")
+    parser.add_argument("--fps", type=float, default=2.0, help="video frames sampled per second (default 2)")
+    parser.add_argument(
+        "--use-audio-in-video", action="store_true", help="hear each video's sound track too (Qwen3-Omni)"
+    )
     parser.add_argument(
         "--prompt", default=None, help="request for every clip (default: the model's transcription request)"
     )
@@ -67,6 +75,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _prepare(pipe, args: argparse.Namespace, audios: list) -> dict:
+    """The pipeline's inputs: one row per file of each kind given (the same request for each row)."""
+    visual = {"images": args.image, "videos": args.video}
+    rows = max(len(audios), len(args.image), len(args.video))
+    prompts = None if args.prompt is None else [args.prompt] * rows
+    if not (args.image or args.video):
+        return pipe.prepare(audios, prompts)
+    if not getattr(pipe.processor, "visual", False):
+        raise ValueError(f"{args.model} takes no images or videos (audio and text only)")
+    options = {"fps": args.fps, "use_audio_in_video": args.use_audio_in_video} if args.video else {}
+    return pipe.prepare(audios or None, prompts, **{k: v or None for k, v in visual.items()}, **options)
+
+
 def check(args: argparse.Namespace) -> tuple:
     """Usage errors before the model loads: the folder's model_type has a pipeline, every audio file reads
     (finite samples), the sampling settings and max_new_tokens are valid. -> (sampling, clips)."""
@@ -75,6 +96,8 @@ def check(args: argparse.Namespace) -> tuple:
     from omni_jax.inference.sampling import Sampling
 
     validation.integer("--max-new-tokens", args.max_new_tokens, minimum=1)
+    if not (args.audio or args.image or args.video):
+        raise ValueError("give at least one --audio, --image or --video file")
     if args.speak and len(args.audio) != 1:
         raise ValueError(f"--speak takes one --audio, got {len(args.audio)}")
     sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
@@ -91,11 +114,11 @@ def run(args: argparse.Namespace, sampling, audios: list[np.ndarray]) -> dict:
     clock = time.perf_counter()
     pipe = load_pipeline(args.model, dtype=args.dtype)
     loaded = time.perf_counter()
-    inputs = pipe.prepare(audios, None if args.prompt is None else [args.prompt] * len(audios))
+    inputs = _prepare(pipe, args, audios)
     prepared = time.perf_counter()
     if args.speak:
         return speak(args, pipe, inputs, sampling, {"load_s": loaded - clock, "prepare_s": prepared - loaded})
-    show = None if args.json or len(audios) > 1 else Printer(pipe)
+    show = None if args.json or len(inputs["input_ids"]) > 1 else Printer(pipe)
     steps, first = [], None
     for tokens in pipe.stream(inputs, max_new_tokens=args.max_new_tokens, sampling=sampling, seed=args.seed):
         first = first or time.perf_counter()
@@ -112,6 +135,8 @@ def run(args: argparse.Namespace, sampling, audios: list[np.ndarray]) -> dict:
     return {
         "model": args.model,
         "audio": args.audio,
+        "image": args.image,
+        "video": args.video,
         "prompt": args.prompt,
         "ids": ids.tolist(),
         "text": texts,

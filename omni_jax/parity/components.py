@@ -12,7 +12,7 @@ import numpy as np
 
 from omni_jax.convert.keymap import hf_to_params
 from omni_jax.inference.loop import generate, stop_ids
-from omni_jax.models import aut_encoder, code2wav, decoder, whisper_encoder
+from omni_jax.models import aut_encoder, code2wav, decoder, vision_encoder, whisper_encoder
 from omni_jax.nn.cache import left_pad_start
 from omni_jax.parity.core import LOGITS_ATOL, MODULE_ATOL, ParityCase, ParityTable, masked_rows, trim_to
 from omni_jax.parity.reference import reference_generate
@@ -32,6 +32,11 @@ def whisper_encoder_from_torch(module) -> tuple[whisper_encoder.WhisperEncoderCo
 def aut_from_torch(module) -> tuple[aut_encoder.AuTConfig, dict]:
     config = aut_encoder.AuTConfig.from_hf(module.config)
     return config, _module_params(module, aut_encoder, config)
+
+
+def vision_from_torch(module) -> tuple[vision_encoder.VisionConfig, dict]:
+    config = vision_encoder.VisionConfig.from_hf(module.config)
+    return config, _module_params(module, vision_encoder, config)
 
 
 def code2wav_from_torch(module) -> tuple[code2wav.Config, dict]:
@@ -102,6 +107,23 @@ def _aut_case(module, input_features, feature_lens, **kwargs):
     for i, (start, n) in enumerate(zip(np.cumsum(lens) - lens, lens, strict=True)):
         feats[i, :, :n] = flat[:, start : start + n]
     return ref.float().numpy(), aut_encoder.pack(*aut_encoder.encode(params, config, feats, lens))
+
+
+def _vision_case(module, hidden_states, grid_thw, **kwargs):
+    """Qwen3OmniMoeVisionEncoder(pixel_values, grid_thw): the merged tokens, then every deepstack output,
+    stacked along the rows."""
+    import torch
+
+    config, params = vision_from_torch(module)
+    with torch.no_grad():
+        ref = module(hidden_states, grid_thw, **kwargs)
+    out = vision_encoder.encode(params, config, hidden_states.float().numpy(), grid_thw.numpy())
+    ours = [out.embeds] + ([] if out.deepstack is None else list(out.deepstack))
+    reference = [ref.pooler_output, *ref.deepstack_features]
+    return (
+        np.concatenate([r.float().numpy() for r in reference]),
+        np.concatenate([np.asarray(o)[: out.tokens] for o in ours]),
+    )
 
 
 def _code2wav_case(module: Any, codes: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -179,6 +201,7 @@ TABLE = ParityTable(
         **{name: ParityCase(_whisper_encoder_case) for name in WHISPER_ENCODERS},
         "Qwen3OmniMoeAudioEncoder": ParityCase(_aut_case),
         "Qwen3OmniMoeCode2Wav": ParityCase(_code2wav_case),
+        "Qwen3OmniMoeVisionEncoder": ParityCase(_vision_case),
         **{name: ParityCase(_causal_lm_case, LOGITS_ATOL) for name in CAUSAL_LMS},
         "Qwen3OmniMoeThinkerTextModel": ParityCase(_text_model_case, MODULE_ATOL),
     },
@@ -187,6 +210,7 @@ TABLE = ParityTable(
         **{name: whisper_encoder_from_torch for name in WHISPER_ENCODERS},
         "Qwen3OmniMoeAudioEncoder": aut_from_torch,
         "Qwen3OmniMoeCode2Wav": code2wav_from_torch,
+        "Qwen3OmniMoeVisionEncoder": vision_from_torch,
         **{name: decoder_from_torch for name in (*CAUSAL_LMS, "Qwen3OmniMoeThinkerTextModel")},
     },
 )

@@ -148,11 +148,10 @@ def speech_report(name: str, tokens: tuple, codes: tuple, waves: tuple) -> Speec
 
 
 def numpy_inputs(inputs: dict) -> dict[str, np.ndarray]:
-    """Model inputs given as CPU torch tensors (or numpy arrays) -> numpy; None entries dropped."""
+    """Model inputs given as CPU torch tensors (or numpy arrays) -> numpy; None entries dropped, flags (e.g.
+    use_audio_in_video) kept as they are."""
     return {
-        k: v if isinstance(v, np.ndarray) else v.detach().cpu().numpy()
-        for k, v in inputs.items()
-        if v is not None
+        k: v.detach().cpu().numpy() if hasattr(v, "detach") else v for k, v in inputs.items() if v is not None
     }
 
 

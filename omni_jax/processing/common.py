@@ -84,9 +84,17 @@ def as_requests(prompt, n: int) -> list[str | None]:
 
 def expand_placeholders(texts: list[str], token: str, replacements: list[str]) -> list[str]:
     """Replace the k-th `token` across the batch (rows in order, left to right) by replacements[k]."""
-    pending = iter(replacements)
-    pattern = re.compile(re.escape(token))
-    return [pattern.sub(lambda _: next(pending), t) for t in texts]
+    return expand_all(texts, {token: replacements})
+
+
+def expand_all(texts: list[str], replacements: dict[str, list[str]]) -> list[str]:
+    """One pass over the texts: the k-th occurrence of each token (counted across the batch, rows in order)
+    becomes replacements[token][k]; what a replacement inserts is not matched again."""
+    pending = {token: iter(r) for token, r in replacements.items() if r}
+    if not pending:
+        return list(texts)
+    pattern = re.compile("|".join(re.escape(t) for t in pending))
+    return [pattern.sub(lambda m: next(pending[m.group(0)]), t) for t in texts]
 
 
 def check_placeholder_count(texts: list[str], token: str, n_audio: int | None) -> list[int]:
@@ -111,25 +119,30 @@ def feature_config(folder: Path) -> tuple[dict, dict]:
     return processor, features
 
 
-def _conversation_audio(conversations: list[list[dict]]) -> list[np.ndarray]:
-    """Audio of every audio block, in order (paths are read and resampled to 16 kHz)."""
-    audio = []
+def _conversation_media(conversations: list[list[dict]], visual: bool) -> dict[str, list]:
+    """Audio, images and videos of the content blocks, in order (audio paths are read and resampled to
+    16 kHz; image and video sources are passed on as they are). visual: whether images / videos are taken."""
+    media: dict[str, list] = {"audio": [], "images": [], "videos": []}
     for message in (m for chat in conversations for m in chat):
         content = message.get("content") or []
         for block in [] if isinstance(content, str) else content:
-            kind = block.get("type")
-            if kind in ("image", "video") or "image" in block or "video" in block:
-                raise ValueError(
-                    f"{kind or 'image/video'} inputs are not supported yet (text and audio only)"
-                )
+            kind = block.get("type") or next((k for k in ("image", "video", "audio") if k in block), None)
+            if kind in ("image", "video") and not visual:
+                raise ValueError(f"{kind} inputs are not supported by this model (text and audio only)")
+            sources = [block[k] for k in (kind, "url", "path") if kind and k in block]
             if kind == "audio":
-                sources = [block[k] for k in ("audio", "url", "path") if k in block]
-                audio += [load_audio(s) if isinstance(s, str | Path) else np.asarray(s) for s in sources]
-    return audio
+                media["audio"] += [
+                    load_audio(s) if isinstance(s, str | Path) else np.asarray(s) for s in sources
+                ]
+            elif kind in ("image", "video"):
+                media[f"{kind}s"] += sources
+    return media
 
 
 class AudioTextProcessor:
     """A tokenizer, a chat template and the model-specific `__call__(text, audio, ...)` of a subclass."""
+
+    visual = False  # takes images and videos (`images=`, `videos=` in __call__)
 
     def __init__(self, tokenizer: Tokenizer, chat_template: str | None = None):
         self.tokenizer = tokenizer
@@ -174,7 +187,7 @@ class AudioTextProcessor:
         template = chat_template or self.chat_template
         if template is None:
             raise ValueError("this processor has no chat template")
-        audio = _conversation_audio(conversations) if tokenize else []
+        media = _conversation_media(conversations, self.visual) if tokenize else {}
         prompts = render_chat_template(
             template,
             conversations,
@@ -185,7 +198,8 @@ class AudioTextProcessor:
             return prompts if batched else prompts[0]
         bos = self.tokenizer.special_tokens.get("bos_token")
         kwargs = {"add_special_tokens": not (bos and prompts[0].startswith(bos)), **(processor_kwargs or {})}
-        out = self(prompts, audio or None, **kwargs)
+        visual = {k: media[k] for k in ("images", "videos") if media.get(k)}
+        out = self(prompts, media.get("audio") or None, **visual, **kwargs)
         return out if return_dict else out["input_ids"]
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:

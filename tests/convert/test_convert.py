@@ -519,8 +519,8 @@ def test_qwen3_omni_converts_every_part_and_matches_torch(omni, tmp_path):
 
     model, folders = omni
     manifest = pipeline.to_jax(folders["single"], tmp_path / "jax")
-    assert manifest["parts"] == ["audio_encoder", "thinker", "talker", "code2wav"]
-    assert any(k.startswith("thinker.visual.") for k in manifest["passthrough"])
+    assert manifest["parts"] == ["audio_encoder", "vision_encoder", "thinker", "talker", "code2wav"]
+    assert not manifest["passthrough"]
     config, params = omni_jax.load_pretrained(tmp_path / "jax")
     pipeline.to_jax(folders["bin"], tmp_path / "bin")  # in-memory names, fused experts
     assert_same_params(params, omni_jax.load_pretrained(tmp_path / "bin")[1])
@@ -578,9 +578,9 @@ def test_qwen3_omni_round_trip_and_missing_parts(omni, tmp_path):
         metadata={"format": "pt"},
     )
     manifest = pipeline.to_jax(thinker_only, tmp_path / "thinker_jax")
-    assert manifest["parts"] == ["audio_encoder", "thinker"]
+    assert manifest["parts"] == ["audio_encoder", "vision_encoder", "thinker"]
     config, params = omni_jax.load_pretrained(tmp_path / "thinker_jax")
-    assert set(params) == {"audio_encoder", "thinker"}
+    assert set(params) == {"audio_encoder", "vision_encoder", "thinker"}
 
 
 def test_jax_checkpoint_that_does_not_fit_the_model_is_refused(whisper, tmp_path):

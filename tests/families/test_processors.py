@@ -293,14 +293,14 @@ def test_qwen3_bad_inputs(qwen3, speech):
         ours(pad, [speech, speech])
     with pytest.raises(ValueError, match="no audio was passed"):
         ours(pad)
-    with pytest.raises(ValueError, match="not supported yet"):
-        ours(pad, speech, images=[np.zeros((8, 8, 3))])
-    with pytest.raises(ValueError, match="not supported yet"):
-        ours(pad, speech, videos=[np.zeros((2, 8, 8, 3))])
-    with pytest.raises(ValueError, match="not supported yet"):
+    with pytest.raises(ValueError, match="0 <\\|image_pad\\|> placeholder.* for 1 image"):
+        ours(pad, speech, images=[np.zeros((8, 8, 3), np.uint8)])
+    with pytest.raises(ValueError, match="0 <\\|video_pad\\|> placeholder.* for 1 video"):
+        ours(pad, speech, videos=[np.zeros((2, 8, 8, 3), np.uint8)])
+    with pytest.raises(ValueError, match="1 <\\|image_pad\\|> placeholder.* for 0 image"):
         ours("<|vision_start|><|image_pad|><|vision_end|>")
     video = [{"role": "user", "content": [{"type": "video", "path": "v.mp4"}]}]
-    with pytest.raises(ValueError, match="not supported yet"):
+    with pytest.raises(FileNotFoundError, match="v.mp4"):
         ours.apply_chat_template(video, tokenize=True)
     with pytest.raises(ValueError, match="more than 200"):
         ours(pad, speech[:200])

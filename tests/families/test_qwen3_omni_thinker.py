@@ -154,8 +154,7 @@ POSITION_CASES = {
 
 @pytest.mark.parametrize("case", POSITION_CASES)
 def test_positions_match_get_rope_index(model, case):
-    """The general algorithm against transformers' get_rope_index (positions and deltas, exactly); vision
-    placeholders are not accepted by the model yet, but their positions are ready."""
+    """The general algorithm against transformers' get_rope_index (positions and deltas, exactly)."""
     (ids, mask), kwargs = POSITION_CASES[case]
     ours, delta = rope_index(PositionConfig.from_hf(model.config), ids, mask, **kwargs)
     names = {"audio_lengths": "audio_seqlens"}
@@ -263,21 +262,23 @@ def test_bad_inputs(pipe, inputs):
         )
     with pytest.raises(ValueError, match="placeholder count mismatch"):
         thinker.prepare_prompt(p, c, {"input_ids": ids, "attention_mask": mask})
-    with pytest.raises(ValueError, match="image and video inputs are not supported yet"):
-        run(pixel_values=np.zeros((4, 24), np.float32), image_grid_thw=np.array([[1, 4, 4]]))
-    with pytest.raises(ValueError, match="not supported yet"):
+    with pytest.raises(
+        ValueError, match="image placeholder count mismatch: input_ids have 0 .* give 4 tokens"
+    ):
+        run(pixel_values=np.zeros((16, 24), np.float32), image_grid_thw=np.array([[1, 4, 4]]))
+    with pytest.raises(ValueError, match="come together"):
         run(video_grid_thw=np.array([[2, 4, 4]]))
     image = ids.copy()
     image[1, -3] = IMG
-    with pytest.raises(ValueError, match="image/video placeholders .* not supported yet"):
+    with pytest.raises(ValueError, match="hold 1 image placeholder tokens but no pixel_values"):
         run(input_ids=image)
     with pytest.raises(ValueError, match="come together"):
         run(feature_attention_mask=None)
     with pytest.raises(ValueError, match="128, frames"):
         run(input_features=inputs["input_features"][:, :80])
     with pytest.raises(ValueError, match="unexpected inputs"):
-        run(use_audio_in_video=True)
-    with pytest.raises(ValueError, match="one prompt per audio"):
+        run(pixel_values_video=None)
+    with pytest.raises(ValueError, match="one prompt per row"):
         pipe.prepare([np.zeros(16000, np.float32)], ["a", "b"])
 
 

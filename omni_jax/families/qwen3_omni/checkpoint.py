@@ -2,7 +2,7 @@
 a thinker saved on its own. The audio encoder and the thinker are required; the speech parts are optional."""
 
 from omni_jax.convert.parts import CheckpointMap, Part
-from omni_jax.models import aut_encoder, code2wav, decoder, talker
+from omni_jax.models import aut_encoder, code2wav, decoder, talker, vision_encoder
 
 THINKER_ALIASES = (("model.", "model.language_model."),)
 
@@ -17,14 +17,16 @@ MAPS = (
                 aliases=(("thinker.audio_tower.", "thinker.model.audio_tower."),),
             ),
             Part(
+                "vision_encoder", vision_encoder, vision_encoder.VisionConfig, "thinker.visual.",
+                ("thinker_config",), aliases=(("thinker.visual.", "thinker.model.visual."),),
+            ),
+            Part(
                 "thinker", decoder, decoder.Config, "thinker.", ("thinker_config", "text_config"),
                 aliases=(("thinker.model.", "thinker.model.language_model."),),
             ),
             Part("talker", talker, talker.TalkerConfig, "talker.", ("talker_config",), optional=True),
             Part("code2wav", code2wav, code2wav.Config, "code2wav.", optional=True),
         ),
-        passthrough=(r"thinker\.(model\.)?visual\.",),
-        notes="the vision tower has no omni_jax model yet; it is kept verbatim (passthrough)",
     ),
     CheckpointMap(
         "qwen3_omni_moe_thinker",
@@ -34,9 +36,12 @@ MAPS = (
                 "audio_encoder", aut_encoder, aut_encoder.AuTConfig, "audio_tower.",
                 aliases=(("audio_tower.", "model.audio_tower."),),
             ),
+            Part(
+                "vision_encoder", vision_encoder, vision_encoder.VisionConfig, "visual.",
+                aliases=(("visual.", "model.visual."),),
+            ),
             Part("thinker", decoder, decoder.Config, "", ("text_config",), aliases=THINKER_ALIASES),
         ),
-        passthrough=(r"(model\.)?visual\.",),
-        notes="a thinker saved on its own; the vision tower has no omni_jax model yet (passthrough)",
+        notes="a thinker saved on its own",
     ),
 )  # fmt: skip

@@ -27,7 +27,7 @@ from omni_jax.processing.tokenizer import load_chat_template
 
 def from_torch(module: Any) -> tuple[thinker.ThinkerConfig, dict]:
     """Config and parameters of a transformers Qwen3OmniMoeThinkerForConditionalGeneration (its in-memory
-    keys: fused experts); the vision tower is left out."""
+    keys: fused experts), vision tower included."""
     cmap = next(m for m in MAPS if m.model_type == "qwen3_omni_moe_thinker")
     params = cmap.state_to_params(module.state_dict(), module.config.to_dict())
     return thinker.ThinkerConfig.from_hf(module.config), jax.tree.map(jnp.asarray, params)
@@ -35,7 +35,7 @@ def from_torch(module: Any) -> tuple[thinker.ThinkerConfig, dict]:
 
 def omni_from_torch(module: Any) -> tuple[tuple[thinker.ThinkerConfig, speech.SpeechConfig], dict]:
     """((ThinkerConfig, SpeechConfig), params) of a speaking Qwen3OmniMoeForConditionalGeneration (its
-    in-memory keys), the decoders in the pipeline's decode layout; the vision tower is left out."""
+    in-memory keys), the decoders in the pipeline's decode layout."""
     params = jax.tree.map(jnp.asarray, MAPS[0].state_to_params(module.state_dict(), module.config.to_dict()))
     config, speech_config = (
         thinker.ThinkerConfig.from_hf(module.config),
@@ -93,17 +93,16 @@ def _speech_case(model, input_ids, attention_mask, max_new_tokens, *, speaker="E
     return core.speech_report(type(model).__name__, (ref_ids, ids), (ref_codes, frames), (ref_waves, waves))
 
 
-def _logits_case(module, input_ids, attention_mask=None, input_features=None, feature_attention_mask=None):
-    """Logits of every valid position (padded query rows zeroed on both sides)."""
+def _logits_case(module, input_ids, attention_mask=None, **inputs):
+    """Logits of every valid position (padded query rows zeroed on both sides); `inputs` are the other model
+    inputs (audio features, pixel values and grids, video_second_per_grid, use_audio_in_video)."""
     import torch
 
     config, params = from_torch(module)
-    inputs = core.numpy_inputs(dict(
-        input_ids=input_ids, attention_mask=attention_mask, input_features=input_features,
-        feature_attention_mask=feature_attention_mask,
-    ))  # fmt: skip
+    inputs = core.numpy_inputs(dict(input_ids=input_ids, attention_mask=attention_mask, **inputs))
+    given = {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v for k, v in inputs.items()}
     with torch.no_grad():
-        ref = module(**{k: torch.as_tensor(v) for k, v in inputs.items()}).logits.float().numpy()
+        ref = module(**given).logits.float().numpy()
     ours = np.asarray(thinker.forward(params, config, inputs).logits)
     return core.masked_rows(ref, ours, attention_mask)
 

@@ -4,6 +4,7 @@ qwen3_omni.speech).
 
     pipe = load("checkpoints/qwen3-omni")  # HF folder (thinker weights suffice for text) or its conversion
     inputs = pipe.prepare([clip])  # default request: "Transcribe the input speech."
+    inputs = pipe.prepare(images=["cat.png"], prompts=["What is this?"])  # or videos=[...], fps=2.0
     print(pipe.decode(pipe.generate(inputs, max_new_tokens=64)))
     out = pipe.generate(inputs, max_new_tokens=64, return_audio=True, speaker="Ethan")  # out.ids, out.audio
     for event in pipe.stream(inputs, max_new_tokens=64, return_audio=True, packet=4): ...
@@ -33,6 +34,7 @@ from omni_jax.models.code2wav import SAMPLE_RATE
 from omni_jax.processing.common import as_clips, as_requests, check_audio_length
 
 DEFAULT_PROMPT = "Transcribe the input speech."
+VISUAL_PROMPT = "Describe what you see."
 IM_END = 151645
 TALKER_OPTIONS = (
     "talker_max_new_tokens", "talker_do_sample", "talker_temperature", "talker_top_k", "talker_top_p",
@@ -40,14 +42,30 @@ TALKER_OPTIONS = (
 )  # fmt: skip
 
 
-def conversations(audios: list[np.ndarray], prompts: list[str | None] | None) -> list[list[dict]]:
-    """One user turn per clip: the audio, then its request (None: DEFAULT_PROMPT)."""
-    prompts = as_requests(prompts, len(audios))
-    return [
-        [{"role": "user", "content": [{"type": "audio", "audio": np.asarray(a, np.float32)},
-                                      {"type": "text", "text": DEFAULT_PROMPT if p is None else p}]}]
-        for a, p in zip(audios, prompts, strict=True)
-    ]  # fmt: skip
+def conversations(
+    audios: list[np.ndarray] | None, prompts: list[str | None] | None, *, images: list | None = None,
+    videos: list | None = None,
+) -> list[list[dict]]:  # fmt: skip
+    """One user turn per row: its image, video and audio (each list one item per row, or None), then its
+    request (None: DEFAULT_PROMPT for audio, else VISUAL_PROMPT)."""
+    given = {k: v for k, v in (("image", images), ("video", videos), ("audio", audios)) if v is not None}
+    rows = {len(v) for v in given.values()}
+    if not given or len(rows) != 1 or 0 in rows:
+        raise ValueError(
+            "need one audio / image / video per row for each kind given: "
+            f"{ {k: len(v) for k, v in given.items()} }"
+        )
+    n = rows.pop()
+    prompts = as_requests(prompts, n)
+    default = DEFAULT_PROMPT if "audio" in given else VISUAL_PROMPT
+    chats = []
+    for i in range(n):
+        content = [{"type": kind, kind: items[i]} for kind, items in given.items()]
+        if "audio" in given:
+            content[-1]["audio"] = np.asarray(audios[i], np.float32)
+        content.append({"type": "text", "text": default if prompts[i] is None else prompts[i]})
+        chats.append([{"role": "user", "content": content}])
+    return chats
 
 
 class Speech(NamedTuple):
@@ -87,15 +105,22 @@ class Pipeline(BasePipeline):
         self.speech = speech_config
 
     def prepare(
-        self, audios: list[np.ndarray], prompts: list[str | None] | None = None
-    ) -> dict[str, np.ndarray]:
-        """16-kHz clips (or audio file paths) and one request each -> numpy model inputs (left-padded)."""
-        clips = as_clips(audios, name="audios")
-        check_audio_length(clips, self.processor.config.max_audio_len)
-        chats = conversations(clips, prompts)
-        return self.processor.apply_chat_template(
-            chats, tokenize=True, add_generation_prompt=True, return_dict=True
+        self, audios: list[np.ndarray] | None = None, prompts: list[str | None] | None = None, *,
+        images: list | None = None, videos: list | None = None, fps: float = 2.0,
+        use_audio_in_video: bool = False,
+    ) -> dict[str, np.ndarray]:  # fmt: skip
+        """16-kHz clips, images (paths, PIL images, arrays) and videos (files, or frame arrays sampled at
+        `fps`), one of each kind given per row, and one request each -> numpy model inputs (left-padded).
+        use_audio_in_video: each video file's sound track is heard too (and the flag goes to the model)."""
+        clips = None if audios is None else as_clips(audios, name="audios")
+        if clips is not None:
+            check_audio_length(clips, self.processor.config.max_audio_len)
+        chats = conversations(clips, prompts, images=images, videos=videos)
+        options = {"fps": fps, "use_audio_in_video": use_audio_in_video} if videos else {}
+        inputs = self.processor.apply_chat_template(
+            chats, tokenize=True, add_generation_prompt=True, return_dict=True, processor_kwargs=options
         )
+        return inputs | ({"use_audio_in_video": True} if videos and use_audio_in_video else {})
 
     def generate(
         self, inputs: dict, *, max_new_tokens: int, sampling: Sampling = GREEDY, seed: int = 0,
@@ -199,12 +224,13 @@ def thinker_stop_ids(path: Path, hf_config: dict) -> tuple[tuple[int, ...], int]
 
 
 def load(path, *, dtype=None) -> Pipeline:
-    """An HF Qwen3-Omni folder (`model_type` qwen3_omni_moe) or its omni_jax conversion. The thinker and its
-    audio encoder are required; the talker and code2wav, when present, give speech output."""
+    """An HF Qwen3-Omni folder (`model_type` qwen3_omni_moe) or its omni_jax conversion. The thinker with its
+    audio and vision encoders is required; the talker and code2wav, when present, give speech output."""
     path, hf_config, config, params = load_checkpoint(path, MAPS, thinker, thinker.ThinkerConfig, dtype)
     kept = {
         "audio_encoder": params["audio_encoder"],
         "thinker": decode_layout(params["thinker"], config.text),
+        **{k: params[k] for k in ("vision_encoder",) if k in params},
     }
     speech_config = None
     if "talker" in params and "code2wav" in params:

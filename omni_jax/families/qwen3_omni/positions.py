@@ -85,7 +85,7 @@ def _interleave(video: np.ndarray, audio: np.ndarray) -> list[np.ndarray]:
         else:
             out.append(audio[:, a : a + 1])
             a += 1
-    return [*out, video[:, v:], audio[:, a:]]
+    return [*out, *(rest for rest in (video[:, v:], audio[:, a:]) if rest.shape[1])]
 
 
 def _row_positions(
