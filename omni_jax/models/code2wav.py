@@ -79,7 +79,7 @@ class Config:
         """From a Qwen3OmniMoeCode2WavConfig, a full Qwen3OmniMoeConfig, or either as a dict."""
         cfg = _as_dict(hf_config)
         cfg = _as_dict(cfg["code2wav_config"]) if "code2wav_config" in cfg else cfg
-        if cfg.get("model_type") not in (None, "qwen3_omni_moe_code2wav"):
+        if cfg.get("model_type") not in (None, "", "qwen3_omni_moe_code2wav"):
             raise ValueError(f"not a Code2Wav config: model_type {cfg['model_type']!r}")
         rope = cfg.get("rope_parameters") or {}
         if rope.get("rope_type", "default") != "default":
