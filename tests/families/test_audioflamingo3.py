@@ -110,7 +110,7 @@ def test_bad_inputs_raise_clear_errors(tiny, long_batch):
         af3.embed_inputs(params, config, ids, feats[[1, 2, 0]], mask[[1, 2, 0]])  # totals agree, rows do not
     with pytest.raises(ValueError, match="prompt.* but 1 audio"):
         pipe.processor(["<sound>a", "<sound>b"], [clip])
-    with pytest.raises(ValueError, match="past the model's limit of 600 s"):
+    with pytest.raises(ValueError, match="past the limit of 600 s"):
         pipe.prepare([np.zeros(601 * SR, np.float32)])
     with pytest.raises(ValueError, match="input_features_mask is required"):
         af3.embed_inputs(params, config, ids, feats)

@@ -278,7 +278,7 @@ def test_bad_inputs(pipe, inputs):
         run(input_features=inputs["input_features"][:, :80])
     with pytest.raises(ValueError, match="unexpected inputs"):
         run(pixel_values_video=None)
-    with pytest.raises(ValueError, match="one prompt per row"):
+    with pytest.raises(ValueError, match="a string or 1 strings/None \\(one per clip\\)"):
         pipe.prepare([np.zeros(16000, np.float32)], ["a", "b"])
 
 
