@@ -1,5 +1,6 @@
-"""Qwen3-Omni Thinker against transformers: logits and greedy tokens of
-Qwen3OmniMoeThinkerForConditionalGeneration, and the per-stage table of `python -m omni_jax.parity`
+"""Qwen3-Omni against transformers: logits and greedy tokens of Qwen3OmniMoeThinkerForConditionalGeneration,
+the whole speech chain of Qwen3OmniMoeForConditionalGeneration (`compare_generate(..., return_audio=True)`:
+text tokens, all codebooks, waveform SNR), and the per-stage table of `python -m omni_jax.parity`
 (processor, features, audio encoder, fusion, positions, prefill logits, greedy tokens). The model stages
 get the reference processor's tensors on both sides, so each row measures one stage."""
 

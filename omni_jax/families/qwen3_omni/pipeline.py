@@ -161,15 +161,13 @@ class Pipeline(BasePipeline):
         return self._speech_events(inputs, options, speaker, talker_max, settings, packet, first_packet)
 
     def _speech_events(self, inputs, options, speaker, talker_max, settings, packet, first_packet):
-        steps, texts = [], None
+        steps, shown = [], None
         for token in super().stream(inputs, **options):
-            steps.append(token)
-            ids = np.stack(steps, 1)
-            new = self.decode(ids)
-            if texts is not None or any(new):
-                yield Event("text", [n[len(o) :] for n, o in zip(new, texts or [""] * len(new), strict=True)])
-            texts = new
+            steps.append(token)  # incomplete characters (U+FFFD at the end) wait for their next token
+            texts = [t.rstrip("\ufffd") for t in self.decode(np.stack(steps, 1))]
+            shown = yield from _text_event(shown, texts)
         ids = np.stack(steps, 1)[:, : _answer_length(np.stack(steps, 1), self.eos_ids)]
+        yield from _text_event(shown, self.decode(ids))
         prompt = self._talker_prompt(inputs, ids, speaker)
         eos = self.speech.talker.codec_id("eos")
         wav = speech.WavStream(
@@ -206,6 +204,14 @@ class Pipeline(BasePipeline):
         return speech.prompt_for(
             self.params, self.config, self.speech, inputs, ids, speaker=speaker, thinker_eos=self.eos_ids
         )
+
+
+def _text_event(shown: list[str] | None, texts: list[str]):
+    """Yield what `texts` add to `shown` (one "text" Event, when anything is new); return `texts`."""
+    before = shown or [""] * len(texts)
+    if any(t != b for t, b in zip(texts, before, strict=True)):
+        yield Event("text", [t[len(b) :] for t, b in zip(texts, before, strict=True)])
+    return texts
 
 
 def _answer_length(ids: np.ndarray, eos_ids) -> int:
