@@ -147,7 +147,7 @@ class Prompt(NamedTuple):
     embeds: jax.Array  # b t d, audio fused
     attention_mask: np.ndarray  # b t bool
     positions: np.ndarray  # 3 b t float32
-    input_ids: np.ndarray  # b t
+    input_ids: np.ndarray  # b t, before any bucket padding
 
 
 @functools.partial(jax.jit, static_argnums=(1, 5))
@@ -157,16 +157,23 @@ def _fuse(params: dict, text: decoder.Config, ids, audio, valid, audio_token_id:
     return place_audio(decoder.embed(params, text, ids), ids == audio_token_id, audio, valid)
 
 
-def prepare_prompt(params: dict, config: ThinkerConfig, inputs: dict) -> Prompt:
-    """Processor outputs -> fused embeddings and MRoPE positions (checked first)."""
+def prepare_prompt(params: dict, config: ThinkerConfig, inputs: dict, *, bucket_limit: int = 0) -> Prompt:
+    """Processor outputs -> fused embeddings and MRoPE positions (checked first). With `bucket_limit`, the
+    prompt is left-padded here to the engine's length bucket (`engine.bucket`), so that the fusion and the
+    engine see one shape per bucket; `input_ids` stay unpadded."""
     ids, mask, features, lengths = check_inputs(config, inputs)
     positions, _ = rope_index(config.tokens, ids, mask, audio_lengths=lengths)  # decode goes on from the last
+    prompt_ids = ids
+    if bucket_limit:
+        pad = engine.bucket(ids.shape[1], bucket_limit) - ids.shape[1]
+        ids, mask = (np.pad(a, ((0, 0), (pad, 0))) for a in (ids, mask))
+        positions = np.pad(positions, ((0, 0), (0, 0), (pad, 0)))
     if features is None:
         embeds = decoder.embed(params["thinker"], config.text, jnp.asarray(ids))
     else:
         audio, valid = aut_encoder.encode(params["audio_encoder"], config.audio, features, lengths)
         embeds = _fuse(params["thinker"], config.text, ids, audio, valid, config.tokens.audio_token_id)
-    return Prompt(embeds, mask, positions, ids)
+    return Prompt(embeds, mask, positions, prompt_ids)
 
 
 # ---------------------------------------------------------------- running
@@ -198,7 +205,7 @@ def decode_step(
 
 
 def _loop_args(params: dict, config: ThinkerConfig, inputs: dict) -> tuple[jax.Array, dict]:
-    p = prepare_prompt(params, config, inputs)
+    p = prepare_prompt(params, config, inputs, bucket_limit=1 << 62)  # the loop's cache fits any bucket
     return p.embeds, dict(attention_mask=p.attention_mask, positions=p.positions, prompt_ids=p.input_ids)
 
 
