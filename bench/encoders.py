@@ -1,7 +1,7 @@
 """Audio encoders, JAX jit vs transformers eager in one process: real Whisper tiny.en on 1 and 8 clips of 30 s
-(espeak-ng speech), the Qwen3-Omni AuT encoder at a small config (two audios, 30 s and 17 s), and the release-size
-AuT (d_model 1280, 32 layers, windows of 104 tokens; random weights) on one clip of 2 s, 5 s, 10 s, 30 s and 5 min,
-JAX and torch calls interleaved.
+(espeak-ng speech), the Qwen3-Omni AuT encoder at a small config (two audios, 30 s and 17 s), and the
+release-size AuT (d_model 1280, 32 layers, windows of 104 tokens; random weights) on one clip of 2 s, 5 s,
+10 s, 30 s and 5 min, JAX and torch calls interleaved.
 
     python bench/encoders.py [--json] [--aut-seconds 2 5 10 30 300]"""
 
@@ -34,7 +34,9 @@ AUT_SMALL = dict(
     n_window=50,
     n_window_infer=800,
 )
-AUT_RELEASE = dict(AUT_SMALL, d_model=1280, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120)
+AUT_RELEASE = dict(
+    AUT_SMALL, d_model=1280, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120
+)
 AUT_RELEASE.update(downsample_hidden_size=480, output_dim=2048)
 
 
@@ -114,7 +116,14 @@ def aut_release_rows(torch, seconds: list[float]) -> list[dict]:
         repeats = 5 if s <= 10 else 3 if s <= 30 else 1
         t_jax, t_torch = paired_median_times((run_jax, run_torch), repeats=repeats)
         tokens = int(aut_encoder.audio_token_count(frames))
-        rows.append(row(f"AuT release (d 1280, 32 layers), {s:g} s ({tokens} tokens)", t_jax * 1e3, t_torch * 1e3, "ms"))
+        rows.append(
+            row(
+                f"AuT release (d 1280, 32 layers), {s:g} s ({tokens} tokens)",
+                t_jax * 1e3,
+                t_torch * 1e3,
+                "ms",
+            )
+        )
     return rows
 
 

@@ -173,7 +173,7 @@ def forward(
     pad_len: jax.Array,
 ) -> tuple[jax.Array, jax.Array]:
     """Encoder over whole attention windows: `windows` full windows (window_chunks chunks each), then shorter
-    windows of `tail_chunks` chunks (the audios' tails). Every layer but attention runs over the packed tokens.
+    windows of `tail_chunks` chunks (the audios' tails). All but attention runs over the packed tokens.
     chunks: n mel 100; chunk_lengths: n valid frames; pad_len: transformers' chunk padding (longest chunk of
     the call). -> (out n*13 output_dim, valid n*13)."""
     x, valid = _chunk_tokens(params, config, chunks, chunk_lengths, pad_len)

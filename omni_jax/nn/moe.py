@@ -110,7 +110,7 @@ def _grouped_matmul_rows(x: jax.Array, w: jax.Array, sizes: jax.Array) -> jax.Ar
 
 def _grouped_weight_grad(x: jax.Array, dy: jax.Array, sizes: jax.Array) -> jax.Array:
     """dw[g] = x[group g]^T dy[group g]. x: m d; dy: m f -> g d f."""
-    m, slab = x.shape[0], _slab_rows(x.shape[0], sizes.shape[0])
+    slab = _slab_rows(x.shape[0], sizes.shape[0])
     xp, dyp = jnp.pad(x, ((0, slab), (0, 0))), jnp.pad(dy, ((0, slab), (0, 0)))
     ends = jnp.cumsum(sizes)
 

@@ -163,7 +163,8 @@ def test_streaming_compiles_two_step_shapes_only(tiny):
         return np.asarray(samples)
 
     run(_codes(25))  # the shapes test_streaming_equals_one_shot[3-25] compiled already
-    other = np.random.default_rng(5).integers(0, TINY["codebook_size"], (BATCH[25], TINY["num_quantizers"], 12))
+    shape = (BATCH[25], TINY["num_quantizers"], 12)
+    other = np.random.default_rng(5).integers(0, TINY["codebook_size"], shape)
     with count_compilations() as compiles:
         run(other)
     assert compiles == []

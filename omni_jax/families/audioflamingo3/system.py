@@ -137,7 +137,9 @@ def _decoder_inputs(
     if bucket_limit:
         mask = np.ones(np.shape(ids), bool) if mask is None else mask
         ids, mask = engine.pad_to_bucket(bucket_limit, ids, mask)
-    embeds = embed_inputs(params, config, ids, inputs.get("input_features"), inputs.get("input_features_mask"))
+    embeds = embed_inputs(
+        params, config, ids, inputs.get("input_features"), inputs.get("input_features_mask")
+    )
     return embeds, mask
 
 

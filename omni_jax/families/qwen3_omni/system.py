@@ -159,8 +159,8 @@ def _fuse(params: dict, text: decoder.Config, ids, audio, valid, audio_token_id:
 
 def prepare_prompt(params: dict, config: ThinkerConfig, inputs: dict, *, bucket_limit: int = 0) -> Prompt:
     """Processor outputs -> fused embeddings and MRoPE positions (checked first). With `bucket_limit`, the
-    prompt is left-padded here to the engine's length bucket (`engine.pad_to_bucket`), so that the fusion and the
-    engine see one shape per bucket; `input_ids` stay unpadded."""
+    prompt is left-padded here to the engine's length bucket (`engine.pad_to_bucket`), so that the fusion and
+    the engine see one shape per bucket; `input_ids` stay unpadded."""
     ids, mask, features, lengths = check_inputs(config, inputs)
     positions, _ = rope_index(config.tokens, ids, mask, audio_lengths=lengths)  # decode goes on from the last
     prompt_ids = ids
