@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 from common import ROOT, paired_median_times, row, run_configs  # noqa: E402
 
 from omni_jax import parity  # noqa: E402
+from omni_jax.families.qwen3_omni import parity as qwen3_omni_parity  # noqa: E402
 from omni_jax.families.qwen3_omni import pipeline as qwen3_omni  # noqa: E402
 from omni_jax.families.qwen3_omni import system as thinker  # noqa: E402
 from omni_jax.families.qwen3_omni.processor import Qwen3OmniProcessor  # noqa: E402
@@ -75,7 +76,7 @@ def models(hf_config: dict, folder: Path):
     model = Qwen3OmniMoeForConditionalGeneration(Qwen3OmniMoeConfig(**hf_config)).thinker.eval()
     config, params = parity.from_torch(model)
     pipe = qwen3_omni.Pipeline(config, params, Qwen3OmniProcessor.from_pretrained(folder), (), 0)
-    return model, pipe, qwen3_omni.reference_processor(folder)
+    return model, pipe, qwen3_omni_parity.reference_processor(folder)
 
 
 def timers(model, pipe, ref_processor, clips):
