@@ -1,4 +1,4 @@
-"""grouped_matmul (the CPU path of the ragged MoE dispatch) against a NumPy per-group product, values and VJP."""
+"""grouped_matmul (CPU path of the ragged MoE dispatch) against a NumPy per-group product: values, VJP."""
 
 import jax
 import jax.numpy as jnp
