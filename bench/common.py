@@ -26,6 +26,23 @@ def median_time(fn: Callable[[], object], *, warmup: int = 2, repeats: int = 7) 
     return statistics.median(times)
 
 
+def paired_median_times(
+    fns: tuple[Callable[[], object], ...], *, warmup: int = 1, repeats: int = 5
+) -> list[float]:
+    """Median wall time (s) of each fn, the calls interleaved (a b a b ...) so that a load change on a shared
+    machine hits every side alike; warm-up calls (compilation included) first."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, ts in zip(fns, times, strict=True):
+            start = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - start)
+    return [statistics.median(ts) for ts in times]
+
+
 def row(
     name: str, jax_value: float, reference: float | None, unit: str, higher_is_better: bool = False
 ) -> dict:

@@ -7,7 +7,8 @@ measured here on every core, STREAM convention: bytes read + written). Three par
 (`lax.scan`), `decoder.unstack_layers`, and `decoder.cpu_layout` (unstacked + packed linears, the CPU
 decode kernels).
 A Qwen3-MoE of the same shape (8 experts, top-2): `cpu_layout` (packed experts, only the picked ones read),
-ragged and dense dispatch, against transformers.
+ragged and dense dispatch (stacked layout, prefill of 512 and 2048 tokens), against transformers. Prefill
+rows interleave the JAX and torch calls.
 
     python bench/decode.py [--json] [--repeats N]
 """
@@ -25,7 +26,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from common import emit, median_time, parser, row  # noqa: E402
+from common import emit, median_time, paired_median_times, parser, row  # noqa: E402
 
 from omni_jax import parity  # noqa: E402
 from omni_jax.inference.engine import prefill  # noqa: E402
@@ -106,11 +107,12 @@ def decode_rows(hf, config, layouts: dict, repeats, batches=(1, 8)) -> dict:
     return rows
 
 
-def prefill_row(tag, hf, config, params, repeats):
-    ids = torch.randint(1, SHAPE["vocab_size"], (1, PREFILL), generator=torch.Generator().manual_seed(0))
-    ours = median_time(lambda: jax_prefill(params, config, ids.numpy()), warmup=1, repeats=repeats)
-    ref = median_time(lambda: hf_prefill(hf, ids), warmup=1, repeats=repeats)
-    return row(f"{tag}_prefill{PREFILL}_b1", 1e3 * ours, 1e3 * ref, "ms")
+def prefill_row(tag, hf, config, params, repeats, tokens=PREFILL):
+    ids = torch.randint(1, SHAPE["vocab_size"], (1, tokens), generator=torch.Generator().manual_seed(0))
+    ours, ref = paired_median_times(
+        (lambda: jax_prefill(params, config, ids.numpy()), lambda: hf_prefill(hf, ids)), repeats=repeats
+    )
+    return row(f"{tag}_prefill{tokens}_b1", 1e3 * ours, 1e3 * ref, "ms")
 
 
 def main() -> None:
@@ -139,7 +141,7 @@ def main() -> None:
     rows += decode_rows(hf, config, {"moe_cpu_layout": layout}, args.repeats)["moe_cpu_layout"]
     for impl in ("ragged", "dense"):
         cfg = dataclasses.replace(config, moe_impl=impl)
-        rows.append(prefill_row(f"moe_{impl}", hf, cfg, params, args.repeats))
+        rows += [prefill_row(f"moe_{impl}", hf, cfg, params, args.repeats, n) for n in (PREFILL, 4 * PREFILL)]
         rows += decode_rows(hf, cfg, {f"moe_{impl}": params}, args.repeats, batches=(1,))[f"moe_{impl}"]
     emit(rows, args.json)
 

@@ -1,5 +1,9 @@
 """Audio encoders, JAX jit vs transformers eager in one process: real Whisper tiny.en on 1 and 8 clips of 30 s
-(espeak-ng speech), and the Qwen3-Omni AuT encoder at a small config (two audios, 30 s and 17 s)."""
+(espeak-ng speech), the Qwen3-Omni AuT encoder at a small config (two audios, 30 s and 17 s), and the
+release-size AuT (d_model 1280, 32 layers, windows of 104 tokens; random weights) on one clip of 2 s, 5 s,
+10 s, 30 s and 5 min, JAX and torch calls interleaved.
+
+    python bench/encoders.py [--json] [--aut-seconds 2 5 10 30 300]"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from common import emit, median_time, parser, row  # noqa: E402
+from common import emit, median_time, paired_median_times, parser, row  # noqa: E402
 
 from omni_jax import parity  # noqa: E402
 from omni_jax.audio import load_audio, log_mel  # noqa: E402
@@ -30,6 +34,10 @@ AUT_SMALL = dict(
     n_window=50,
     n_window_infer=800,
 )
+AUT_RELEASE = dict(
+    AUT_SMALL, d_model=1280, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120
+)
+AUT_RELEASE.update(downsample_hidden_size=480, output_dim=2048)
 
 
 def whisper_rows(torch) -> list[dict]:
@@ -83,12 +91,50 @@ def aut_rows(torch) -> list[dict]:
     return [row("AuT small (d 256, 4 layers), 30 s + 17 s", t_jax * 1e3, t_torch * 1e3, "ms")]
 
 
+def aut_release_rows(torch, seconds: list[float]) -> list[dict]:
+    """One clip per length through the release-size encoder; long clips get fewer repeats (minutes each)."""
+    from transformers.models.qwen3_omni_moe.configuration_qwen3_omni_moe import Qwen3OmniMoeAudioEncoderConfig
+    from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeAudioEncoder
+
+    torch.manual_seed(0)
+    module = Qwen3OmniMoeAudioEncoder(Qwen3OmniMoeAudioEncoderConfig(**AUT_RELEASE)).eval()
+    cfg, params = parity.from_torch(module)
+    params = jax.device_put(params)
+    rows = []
+    for s in seconds:
+        frames = int(s * 100)
+        feats = np.random.default_rng(0).normal(size=(1, 128, frames)).astype(np.float32)
+        flat, lengths = torch.from_numpy(feats[0]), np.array([frames])
+
+        def run_torch(flat=flat, lengths=lengths):
+            with torch.no_grad():
+                module(flat, torch.from_numpy(lengths))
+
+        def run_jax(feats=feats, lengths=lengths):
+            aut_encoder.encode(params, cfg, feats, lengths)[0].block_until_ready()
+
+        repeats = 5 if s <= 10 else 3 if s <= 30 else 1
+        t_jax, t_torch = paired_median_times((run_jax, run_torch), repeats=repeats)
+        tokens = int(aut_encoder.audio_token_count(frames))
+        rows.append(
+            row(
+                f"AuT release (d 1280, 32 layers), {s:g} s ({tokens} tokens)",
+                t_jax * 1e3,
+                t_torch * 1e3,
+                "ms",
+            )
+        )
+    return rows
+
+
 def main() -> None:
-    args = parser(__doc__).parse_args()
+    p = parser(__doc__)
+    p.add_argument("--aut-seconds", type=float, nargs="*", default=[2, 5, 10, 30, 300])
+    args = p.parse_args()
     import torch
 
     torch.set_num_threads(2)
-    emit(whisper_rows(torch) + aut_rows(torch), args.json)
+    emit(whisper_rows(torch) + aut_rows(torch) + aut_release_rows(torch, args.aut_seconds), args.json)
 
 
 if __name__ == "__main__":

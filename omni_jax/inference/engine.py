@@ -137,6 +137,15 @@ def bucket(t: int, limit: int) -> int:
     return max(t, min(limit, max(MIN_BUCKET, 1 << (t - 1).bit_length())))
 
 
+def pad_to_bucket(limit: int, *arrays: Any) -> tuple[np.ndarray, ...]:
+    """Host arrays with time last, left-padded with zeros to the bucket of their length (as `prepare` pads),
+    so that the stages before the engine (audio fusion) see one shape per bucket."""
+    arrays = tuple(np.asarray(a) for a in arrays)
+    t = arrays[0].shape[-1]
+    pad = bucket(t, limit) - t
+    return tuple(np.pad(a, [(0, 0)] * (a.ndim - 1) + [(pad, 0)]) for a in arrays)
+
+
 def prepare(
     config: Config, inputs: Any, attention_mask: Any, positions: Any, layer_inputs: Any, length: int
 ) -> Prompt:

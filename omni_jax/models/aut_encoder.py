@@ -1,17 +1,18 @@
 """Qwen3-Omni AuT audio encoder (Qwen3OmniMoeAudioEncoder) with exact block-diagonal windowed attention.
 
 Layout: each audio's frames are cut into 100-frame chunks (3 stride-2 conv2d -> 13 tokens each, positions
-restarting per chunk); an audio's valid tokens are then a prefix of its chunk tokens, and attention windows
-(n_window_infer // 100 chunks) are consecutive blocks of that sequence. So tokens stay in a static
-(batch, windows * window) layout: windowed attention is a reshape, not a T x T mask, and shapes depend only on
-the number of windows (the length bucket).
+restarting per chunk); attention windows (n_window_infer // 100 chunks) are consecutive blocks of an audio's
+chunks, and everything but attention is per token. So the encoder runs on whole chunks only: full windows
+pooled over the batch in groups of 8/4/2/1, and each audio's last, shorter window (its remaining chunks), with
+windowed attention a reshape per kind of window. Shapes come from a bounded set whatever the length, and a
+clip pays for less than one chunk of padding.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -151,49 +152,141 @@ def _conv_stack(params: dict, x: jax.Array, pad_len: jax.Array) -> jax.Array:
     return x
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def forward(
-    params: dict, config: AuTConfig, features: jax.Array, lengths: jax.Array
-) -> tuple[jax.Array, jax.Array]:
-    """features: b mel T with T a multiple of window_frames; lengths: b valid frames (>= 1).
-    -> (out b n output_dim, valid b n) with n = T / 100 * 13; audio i's tokens are the first
-    audio_token_count(lengths[i]) rows."""
-    b, mel, frames = features.shape
-    chunks = frames // CHUNK
-    x = jnp.where(jnp.arange(frames) < lengths[:, None, None], features, 0)  # frames past the audio are zeros
-    x = x.reshape(b, mel, chunks, CHUNK).transpose(0, 2, 1, 3).reshape(b * chunks, mel, CHUNK, 1)
-    x = _conv_stack(params, x.astype(params["conv1"]["kernel"].dtype), jnp.minimum(lengths.max(), CHUNK))
+def _chunk_tokens(params: dict, config: AuTConfig, chunks: jax.Array, chunk_lengths: jax.Array, pad_len):
+    """chunks: n mel 100 with chunk_lengths n valid frames (0 for padding chunks). -> (n 13 d, valid n 13)."""
+    x = jnp.where(jnp.arange(CHUNK) < chunk_lengths[:, None, None], chunks, 0)[..., None]
+    x = _conv_stack(params, x.astype(params["conv1"]["kernel"].dtype), pad_len)
     n, f, t, c = x.shape  # t = 13
     x = linear(params["conv_out"], x.transpose(0, 2, 3, 1).reshape(n, t, c * f))  # channel-major flatten
     x = x + jnp.asarray(sinusoids(t, config.d_model), x.dtype)  # positions restart in every chunk
-    x = x.reshape(b, chunks * t, config.d_model)
-    valid = jnp.arange(chunks * t) < audio_token_count(lengths)[:, None]
+    return x, jnp.arange(t) < audio_token_count(chunk_lengths)[:, None]
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def forward(
+    params: dict,
+    config: AuTConfig,
+    windows: int,
+    tail_chunks: int,
+    chunks: jax.Array,
+    chunk_lengths: jax.Array,
+    pad_len: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+    """Encoder over whole attention windows: `windows` full windows (window_chunks chunks each), then shorter
+    windows of `tail_chunks` chunks (the audios' tails). All but attention runs over the packed tokens.
+    chunks: n mel 100; chunk_lengths: n valid frames; pad_len: transformers' chunk padding (longest chunk of
+    the call). -> (out n*13 output_dim, valid n*13)."""
+    x, valid = _chunk_tokens(params, config, chunks, chunk_lengths, pad_len)
+    x, valid = x.reshape(1, -1, config.d_model), valid.reshape(1, -1)
+    split = windows * config.window
+    spans = [(0, split, config.window), (split, x.shape[1], tail_chunks * CHUNK_TOKENS)]
+    spans = [s for s in spans if s[1] > s[0]]
 
     def attend(q, k, v, *, scale):
-        return windowed_attention(q, k, v, window=config.window, key_mask=valid, scale=scale)
+        return jnp.concatenate(
+            [
+                windowed_attention(
+                    q[:, a:b], k[:, a:b], v[:, a:b], window=w, key_mask=valid[:, a:b], scale=scale
+                )
+                for a, b, w in spans
+            ],
+            axis=1,
+        )
 
-    x = encoder_stack(
-        params["layers"], x, attend, heads=config.heads, act=config.activation, scale_q_first=False
-    )
+    with jax.named_scope("aut_layers"):
+        x = encoder_stack(
+            params["layers"], x, attend, heads=config.heads, act=config.activation, scale_q_first=False
+        )
     x = linear(params["proj1"], layer_norm(params["ln_post"], x, LN_EPS))
-    return linear(params["proj2"], activation(config.activation)(x)), valid
+    return linear(params["proj2"], activation(config.activation)(x))[0], valid[0]
 
 
-def bucket_frames(config: AuTConfig, max_frames: int) -> int:
-    """Padded frame count of a batch whose longest audio has `max_frames`: a whole number of windows."""
-    return -(-max_frames // config.window_frames) * config.window_frames
+MAX_GROUP = 8  # full windows per call at most; calls take 8, 4, 2 or 1 of them
+
+
+def _window_groups(n: int) -> list[int]:
+    """n full windows as calls of 8, then 4, 2, 1 (a bounded set of shapes for any length)."""
+    groups = [MAX_GROUP] * (n // MAX_GROUP)
+    rest = n % MAX_GROUP
+    return groups + [g for g in (4, 2, 1) if rest & g]
+
+
+class Call(NamedTuple):
+    """One `forward` call: `windows` full windows then tails of `tail_chunks` chunks; `chunks` lists
+    (audio, chunk index or -1 for padding) in token order."""
+
+    windows: int
+    tail_chunks: int
+    chunks: tuple[tuple[int, int], ...]
+
+
+def plan_calls(config: AuTConfig, lengths: np.ndarray) -> list[Call]:
+    """Calls that encode every audio: full windows pooled over the batch, each audio's shorter tail window
+    (its remaining chunks; padded to the batch's longest tail) with the last group. A lone audio computes
+    its own chunks only; shapes come from a bounded set (groups of 8/4/2/1 windows x tail sizes)."""
+    wc = config.window_chunks
+    full = [(i, w) for i, n in enumerate(lengths) for w in range(int(n) // config.window_frames)]
+    tails = {i: -(-(int(n) % config.window_frames) // CHUNK) for i, n in enumerate(lengths)}
+    tails = {i: r for i, r in tails.items() if r}
+    r = max(tails.values(), default=0)
+    tail_chunks = tuple(
+        (i, (int(lengths[i]) // config.window_frames) * wc + c if c < tails[i] else -1)
+        for i in tails
+        for c in range(r)
+    )
+    calls, start = [], 0
+    for g in _window_groups(len(full)):
+        chunks = tuple((i, w * wc + c) for i, w in full[start : start + g] for c in range(wc))
+        calls.append(Call(g, 0, chunks))
+        start += g
+    if tails:
+        last = calls.pop() if calls else Call(0, 0, ())
+        calls.append(Call(last.windows, r, last.chunks + tail_chunks))
+    return calls
+
+
+def slot_count(config: AuTConfig, max_frames: int) -> int:
+    """Output token slots of a batch whose longest audio has `max_frames`: whole windows (a coarse bucket
+    for what follows the encoder; the encoder itself computes whole chunks only)."""
+    return -(-max_frames // config.window_frames) * config.window
 
 
 def encode(params: dict, config: AuTConfig, features, lengths) -> tuple[jax.Array, jax.Array]:
     """Validated entry point. features: b mel T (frames past each length are ignored); lengths: b valid
-    frames. Pads time to the length bucket (whole windows), so lengths in one bucket share one compilation.
-    The batch is transformers' "call": its longest chunk sets the conv zero padding of every chunk.
-    -> (out b n output_dim, valid b n)."""
+    frames. Runs `plan_calls`, then places each audio's tokens at the start of its row. The batch is
+    transformers' "call": its longest chunk sets the conv zero padding of every chunk.
+    -> (out b n output_dim, valid b n), n = slot_count."""
     lengths = check_inputs(config, features, lengths)
-    frames = bucket_frames(config, int(lengths.max()))
-    feats = np.asarray(features)[:, :, :frames]
-    feats = np.pad(feats, ((0, 0), (0, 0), (0, frames - feats.shape[2])))
-    return forward(params, config, jnp.asarray(feats), jnp.asarray(lengths, jnp.int32))
+    features = np.asarray(features)
+    pad_len = jnp.asarray(min(int(lengths.max()), CHUNK), jnp.int32)
+    n = slot_count(config, int(lengths.max()))
+    out = np.zeros((len(lengths), n, config.output_dim), np.dtype(params["proj2"]["kernel"].dtype))
+    for call in plan_calls(config, lengths):
+        chunks, chunk_lengths = _gather_chunks(features, lengths, call.chunks)
+        tokens, _ = forward(
+            params, config, call.windows, call.tail_chunks, jnp.asarray(chunks), jnp.asarray(chunk_lengths),
+            pad_len,
+        )  # fmt: skip
+        tokens = np.asarray(tokens).reshape(len(call.chunks), CHUNK_TOKENS, -1)
+        for (i, c), t in zip(call.chunks, tokens, strict=True):
+            if c >= 0:
+                out[i, c * CHUNK_TOKENS : (c + 1) * CHUNK_TOKENS] = t
+    valid = np.arange(n) < audio_token_count(lengths)[:, None]
+    return jnp.asarray(out), jnp.asarray(valid)
+
+
+def _gather_chunks(features: np.ndarray, lengths: np.ndarray, chunks) -> tuple[np.ndarray, np.ndarray]:
+    """(audio, chunk) pairs -> (n mel 100 frames, n valid frames); padding chunks (-1) are empty."""
+    b, mel, frames = features.shape
+    out = np.zeros((len(chunks), mel, CHUNK), features.dtype)
+    valid = np.zeros(len(chunks), np.int32)
+    for k, (i, c) in enumerate(chunks):
+        if c < 0:
+            continue
+        piece = features[i, :, c * CHUNK : min((c + 1) * CHUNK, int(lengths[i]))]
+        out[k, :, : piece.shape[1]] = piece
+        valid[k] = piece.shape[1]
+    return out, valid
 
 
 def check_inputs(config: AuTConfig, features, lengths) -> np.ndarray:

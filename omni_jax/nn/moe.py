@@ -4,7 +4,8 @@ MoE (Qwen3-MoE / Qwen3-Omni): router softmax over all experts in float32 -> top-
 `norm_topk_prob` -> cast to the activation dtype; each token's output is the weighted sum of its k experts,
 plus an optional sigmoid-gated shared expert (the Talker). Both dispatch paths are exact and dropless:
 `dense` runs every expert on every token and combines with the sparse routing weights; `ragged` sorts the
-token-expert pairs by expert and runs grouped matmuls (`jax.lax.ragged_dot`): k experts' work per token.
+token-expert pairs by expert and runs grouped matmuls (`jax.lax.ragged_dot`; on CPU a loop over slabs of each
+expert's rows, with its own VJP): k experts' work per token.
 Expert kernels are fused: gate_up (E, D, 2I) with the gate in the first half, down (E, I, D). Packed
 experts (`decoder.pack_linears`, CPU inference) run a kernel that reads only the experts some token picked.
 """
@@ -78,6 +79,82 @@ def experts_dense(p: dict, x: jax.Array, weights: jax.Array, experts: jax.Array,
     return jnp.einsum("ne,ned->nd", combine, y)
 
 
+def _slab_rows(rows: int, groups: int) -> int:
+    """Rows per grouped-matmul step: a power of two near half a group's mean size, in [8, 128]."""
+    half = max(1, rows // (2 * groups))
+    return int(min(128, max(8, 1 << (half.bit_length() - 1))))
+
+
+def _group_slabs(sizes: jax.Array, slab: int, body, init):
+    """fori over groups g, inner while over the slabs of `slab` rows that start group g's rows:
+    body(g, row_start, carry) -> carry. The last slab of a group runs past it (into later groups' rows)."""
+    starts = jnp.cumsum(sizes) - sizes
+
+    def group(g, carry):
+        def step(c):
+            j, carry = c
+            return j + 1, body(g, starts[g] + j * slab, carry)
+
+        n = (sizes[g] + slab - 1) // slab
+        return jax.lax.while_loop(lambda c: c[0] < n, step, (jnp.int32(0), carry))[1]
+
+    return jax.lax.fori_loop(0, sizes.shape[0], group, init)
+
+
+def _grouped_matmul_rows(x: jax.Array, w: jax.Array, sizes: jax.Array) -> jax.Array:
+    """Groups in increasing order, so a slab running past its group is overwritten by the next group's."""
+    m, slab = x.shape[0], _slab_rows(x.shape[0], w.shape[0])
+    xp = jnp.pad(x, ((0, slab), (0, 0)))
+
+    def body(g, r, out):
+        y = jnp.matmul(jax.lax.dynamic_slice_in_dim(xp, r, slab), w[g])
+        return jax.lax.dynamic_update_slice_in_dim(out, y.astype(out.dtype), r, 0)
+
+    return _group_slabs(sizes, slab, body, jnp.zeros((m + slab, w.shape[2]), x.dtype))[:m]
+
+
+def _grouped_weight_grad(x: jax.Array, dy: jax.Array, sizes: jax.Array) -> jax.Array:
+    """dw[g] = x[group g]^T dy[group g]. x: m d; dy: m f -> g d f."""
+    slab = _slab_rows(x.shape[0], sizes.shape[0])
+    xp, dyp = jnp.pad(x, ((0, slab), (0, 0))), jnp.pad(dy, ((0, slab), (0, 0)))
+    ends = jnp.cumsum(sizes)
+
+    def body(g, r, dw):
+        rows = r + jnp.arange(slab)
+        xs = jnp.where((rows < ends[g])[:, None], jax.lax.dynamic_slice_in_dim(xp, r, slab), 0)
+        return dw.at[g].add(jnp.matmul(xs.T, jax.lax.dynamic_slice_in_dim(dyp, r, slab)))
+
+    init = jnp.zeros((sizes.shape[0], x.shape[1], dy.shape[1]), jnp.float32)
+    return _group_slabs(sizes, slab, body, init)
+
+
+@jax.custom_vjp
+def _grouped_matmul_cpu(x: jax.Array, w: jax.Array, sizes: jax.Array) -> jax.Array:
+    return _grouped_matmul_rows(x, w, sizes)
+
+
+def _grouped_matmul_fwd(x, w, sizes):
+    return _grouped_matmul_rows(x, w, sizes), (x, w, sizes)
+
+
+def _grouped_matmul_bwd(res, dy):
+    x, w, sizes = res
+    dx = _grouped_matmul_rows(dy, w.transpose(0, 2, 1), sizes)
+    return dx, _grouped_weight_grad(x, dy, sizes).astype(w.dtype), None
+
+
+_grouped_matmul_cpu.defvjp(_grouped_matmul_fwd, _grouped_matmul_bwd)
+
+
+def grouped_matmul(x: jax.Array, w: jax.Array, sizes: jax.Array) -> jax.Array:
+    """`jax.lax.ragged_dot`: rows of x in contiguous groups of `sizes`, group g times w[g]. x: m d; w: g d f
+    -> m f. On CPU, where ragged_dot multiplies every row by every group's weights, a loop over slabs of each
+    group's rows (work ~ m rows, not g * m)."""
+    return jax.lax.platform_dependent(
+        x, w, sizes, cpu=_grouped_matmul_cpu, default=lambda x, w, s: jax.lax.ragged_dot(x, w, s)
+    )
+
+
 def experts_ragged(p: dict, x: jax.Array, weights: jax.Array, experts: jax.Array, act: str) -> jax.Array:
     """Token-expert pairs sorted by expert, grouped matmuls over contiguous groups. n d -> n d."""
     n, k = experts.shape
@@ -86,8 +163,8 @@ def experts_ragged(p: dict, x: jax.Array, weights: jax.Array, experts: jax.Array
     order = jnp.argsort(flat, stable=True)
     sizes = jnp.bincount(flat, length=n_experts).astype(jnp.int32)
     xs = x[order // k]  # (n k) d, grouped by expert
-    h = _swiglu_halves(jax.lax.ragged_dot(xs, p["gate_up"].astype(x.dtype), sizes), act)
-    ys = jax.lax.ragged_dot(h, p["down"].astype(x.dtype), sizes)
+    h = _swiglu_halves(grouped_matmul(xs, p["gate_up"].astype(x.dtype), sizes), act)
+    ys = grouped_matmul(h, p["down"].astype(x.dtype), sizes)
     y = jnp.zeros_like(ys).at[order].set(ys).reshape(n, k, -1)  # back to token order
     return jnp.einsum("nk,nkd->nd", weights, y)
 

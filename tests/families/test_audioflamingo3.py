@@ -114,3 +114,18 @@ def test_bad_inputs_raise_clear_errors(tiny, long_batch):
         pipe.prepare([np.zeros(601 * SR, np.float32)])
     with pytest.raises(ValueError, match="input_features_mask is required"):
         af3.embed_inputs(params, config, ids, feats)
+
+
+def test_no_recompilation_inside_a_bucket(tiny, batch):
+    """After warm-up, other clip lengths and prompts in the same prompt-length bucket compile nothing."""
+    from torch_fixtures import count_compilations
+
+    pipe = tiny[2]
+    pipe.generate(batch, max_new_tokens=4)
+    speech, _ = clips(0)
+    noise = (0.1 * np.random.default_rng(1).standard_normal(40_000)).astype(np.float32)
+    other = pipe.prepare([speech[:70_000], noise], ["Describe it.", "What is this sound?"])
+    assert other["input_ids"].shape[1] != batch["input_ids"].shape[1]
+    with count_compilations() as compiles:
+        pipe.generate(other, max_new_tokens=4)
+    assert compiles == []

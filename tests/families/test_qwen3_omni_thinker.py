@@ -290,3 +290,17 @@ def test_thinker_only_checkpoint_loads(folder, model, pipe, tmp_path):
     jax.tree.map(np.testing.assert_array_equal, pipe.params, alone.params)
     convert.to_jax(tmp_path / "thinker", tmp_path / "thinker-jax")
     jax.tree.map(np.testing.assert_array_equal, pipe.params, qwen3_omni.load(tmp_path / "thinker-jax").params)
+
+
+def test_no_recompilation_inside_a_bucket(pipe, clips):
+    """After warm-up, other clip lengths (same AuT calls, same slot count) and other prompts (same length
+    bucket) generate without compiling anything. (The processor's log-mel still compiles per padded
+    waveform length: it is prepared outside the count.)"""
+    from torch_fixtures import count_compilations
+
+    pipe.generate(pipe.prepare(clips, ["What is said?", None]), max_new_tokens=NEW)
+    others = [np.resize(clips[0], 76_800), clips[1][:33_600]]  # 480 and 210 frames
+    other = pipe.prepare(others, ["Say it again, please.", "Who?"])
+    with count_compilations() as compiles:
+        pipe.generate(other, max_new_tokens=NEW)
+    assert compiles == []

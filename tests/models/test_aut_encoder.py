@@ -107,16 +107,29 @@ def test_windows_are_independent(module, converted, k):
 
 
 def test_lengths_in_one_bucket_compile_once(converted):
+    """Same full windows and tail sizes (the calls' shapes) -> no new compilation; a longer tail compiles."""
     config, params = converted
     feats = np.asarray(audios([3 * WINDOW_FRAMES] * 3)[0]).reshape(MEL, 3, -1).transpose(1, 0, 2)
-    aut.encode(params, config, feats, np.array([201, 400, 300]))  # warm the 2-window bucket
+    aut.encode(params, config, feats, np.array([201, 530, 101]))  # 3 windows + tails of 1, 2, 1 chunks
     with count_compilations() as compiles:
-        for lengths in ([230, 399, 1], [201, 201, 201], [400, 250, 99]):
+        for lengths in ([299, 599, 120], [250, 510, 199], [300, 599, 150]):
             out, valid = aut.encode(params, config, feats, np.array(lengths))
             assert np.asarray(valid).sum(-1).tolist() == aut.audio_token_count(np.array(lengths)).tolist()
         assert len(compiles) == 0
-        aut.encode(params, config, feats, np.array([450, 1, 5]))  # 3 windows: a new bucket
+        aut.encode(params, config, feats, np.array([450, 1, 5]))  # 2 windows: new call shapes
         assert len(compiles) >= 1
+
+
+def test_a_clip_computes_its_chunks_only():
+    """Chunks computed (padding included) = chunks of the audio, for one clip of any length up to 20 min, and
+    the set of call shapes stays small."""
+    config = aut.AuTConfig(128, 32, 1, 2, 64, 8, 32, window_chunks=8)
+    shapes = set()
+    for frames in range(1, 120_001, 113):
+        calls = aut.plan_calls(config, np.array([frames]))
+        assert sum(len(c.chunks) for c in calls) == -(-frames // 100), frames
+        shapes |= {(c.windows, c.tail_chunks) for c in calls}
+    assert len(shapes) <= 4 + 5 * 8, sorted(shapes)
 
 
 def test_weights_round_trip(module, converted):

@@ -131,6 +131,26 @@ def test_streaming_equals_one_shot(tiny, decoded, step, frames):
     assert int(state["pos"]) == frames
 
 
+def test_streaming_compiles_two_step_shapes_only(tiny):
+    """The first step and the steady state compile; after them, new codes and more steps compile nothing."""
+    from torch_fixtures import count_compilations
+
+    _, config, params = tiny
+
+    def run(codes):
+        state = c2w.stream_init(config, batch=codes.shape[0])
+        for start in range(0, codes.shape[-1], 3):
+            state, samples = c2w.stream_step(params, config, state, codes[..., start : start + 3])
+        return np.asarray(samples)
+
+    run(_codes(25))  # the shapes test_streaming_equals_one_shot[3-25] compiled already
+    shape = (BATCH[25], TINY["num_quantizers"], 12)
+    other = np.random.default_rng(5).integers(0, TINY["codebook_size"], shape)
+    with count_compilations() as compiles:
+        run(other)
+    assert compiles == []
+
+
 @pytest.mark.parametrize(
     "codes,match",
     [

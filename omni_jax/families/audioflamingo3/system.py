@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from omni_jax import validation
-from omni_jax.inference import loop
+from omni_jax.inference import engine, loop
 from omni_jax.inference.sampling import GREEDY, Sampling
 from omni_jax.models import decoder, projector, whisper_encoder
 from omni_jax.models.audio_common import hf_get
@@ -130,11 +130,19 @@ def embed_inputs(
     )
 
 
-def _decoder_inputs(params: dict, config: Config, inputs: dict) -> tuple[jax.Array, Any]:
+def _decoder_inputs(
+    params: dict, config: Config, inputs: dict, *, bucket_limit: int = 0
+) -> tuple[jax.Array, Any]:
+    """Embeddings and attention mask; with `bucket_limit`, left-padded first to the engine's length bucket
+    (one fusion compile per bucket)."""
+    ids, mask = inputs["input_ids"], inputs.get("attention_mask")
+    if bucket_limit:
+        mask = np.ones(np.shape(ids), bool) if mask is None else mask
+        ids, mask = engine.pad_to_bucket(bucket_limit, ids, mask)
     embeds = embed_inputs(
-        params, config, inputs["input_ids"], inputs.get("input_features"), inputs.get("input_features_mask")
+        params, config, ids, inputs.get("input_features"), inputs.get("input_features_mask")
     )
-    return embeds, inputs.get("attention_mask")
+    return embeds, mask
 
 
 def logits(params: dict, config: Config, inputs: dict) -> jax.Array:
@@ -161,7 +169,7 @@ def generate(
     seed: int = 0,
 ) -> jax.Array:
     """New tokens b max_new_tokens (pad after a row's EOS), the whole loop on device."""
-    embeds, mask = _decoder_inputs(params, config, inputs)
+    embeds, mask = _decoder_inputs(params, config, inputs, bucket_limit=1 << 62)  # the loop's cache fits
     return loop.generate(
         params["decoder"], config.decoder, embeds, max_new_tokens=max_new_tokens, attention_mask=mask,
         sampling=sampling, eos_ids=eos_ids, pad_id=pad_id, seed=seed, prompt_ids=inputs["input_ids"],
@@ -180,7 +188,7 @@ def stream(
     seed: int = 0,
 ):
     """Yield each step's tokens (b,) as they are chosen; same tokens as `generate`."""
-    embeds, mask = _decoder_inputs(params, config, inputs)
+    embeds, mask = _decoder_inputs(params, config, inputs, bucket_limit=1 << 62)
     yield from loop.stream(
         params["decoder"], config.decoder, embeds, max_new_tokens=max_new_tokens, attention_mask=mask,
         sampling=sampling, eos_ids=eos_ids, pad_id=pad_id, seed=seed, prompt_ids=inputs["input_ids"],

@@ -224,7 +224,7 @@ class Prompt(NamedTuple):
     embeds: jax.Array  # b t d, audio, images and videos fused
     attention_mask: np.ndarray  # b t bool
     positions: np.ndarray  # 3 b t float32
-    input_ids: np.ndarray  # b t
+    input_ids: np.ndarray  # b t, before any bucket padding
     layer_inputs: jax.Array | None = None  # n b t d: deepstack features at the visual rows
 
 
@@ -262,8 +262,10 @@ def _visual_embeds(params: dict, config: ThinkerConfig, ids, embeds, visuals: di
     return embeds, layer_inputs
 
 
-def prepare_prompt(params: dict, config: ThinkerConfig, inputs: dict) -> Prompt:
-    """Processor outputs -> fused embeddings, deepstack layer inputs and MRoPE positions (checked first)."""
+def prepare_prompt(params: dict, config: ThinkerConfig, inputs: dict, *, bucket_limit: int = 0) -> Prompt:
+    """Processor outputs -> fused embeddings, deepstack layer inputs and MRoPE positions (checked first). With
+    `bucket_limit`, the prompt is left-padded here to the engine's length bucket (`engine.pad_to_bucket`), so
+    that the fusion and the engine see one shape per bucket; `input_ids` stay unpadded."""
     ids, mask, features, lengths = check_inputs(config, inputs)
     visuals = {k: v for k in ("image", "video") if (v := _check_visual(config, inputs, ids, mask, k))}
     in_video = bool(inputs.get("use_audio_in_video"))
@@ -280,13 +282,16 @@ def prepare_prompt(params: dict, config: ThinkerConfig, inputs: dict) -> Prompt:
         second_per_grids=None if videos is None else videos.seconds,
         use_audio_in_video=in_video,
     )  # fmt: skip  (decoding goes on from the last position)
+    prompt_ids = ids
+    if bucket_limit:
+        ids, mask, positions = engine.pad_to_bucket(bucket_limit, ids, mask, positions)
     if features is None:
         embeds = decoder.embed(params["thinker"], config.text, jnp.asarray(ids))
     else:
         audio, valid = aut_encoder.encode(params["audio_encoder"], config.audio, features, lengths)
         embeds = _fuse(params["thinker"], config.text, ids, audio, valid, config.tokens.audio_token_id)
     embeds, layer_inputs = _visual_embeds(params, config, ids, embeds, visuals)
-    return Prompt(embeds, mask, positions, ids, layer_inputs)
+    return Prompt(embeds, mask, positions, prompt_ids, layer_inputs)
 
 
 # ---------------------------------------------------------------- running
@@ -318,7 +323,7 @@ def decode_step(
 
 
 def _loop_args(params: dict, config: ThinkerConfig, inputs: dict) -> tuple[jax.Array, dict]:
-    p = prepare_prompt(params, config, inputs)
+    p = prepare_prompt(params, config, inputs, bucket_limit=1 << 62)  # the loop's cache fits any bucket
     return p.embeds, dict(
         attention_mask=p.attention_mask, positions=p.positions, prompt_ids=p.input_ids,
         layer_inputs=p.layer_inputs,
