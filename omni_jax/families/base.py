@@ -51,6 +51,7 @@ class BasePipeline:
     omni_jax.families.audioflamingo3.system), and defines `prepare`."""
 
     system: ModuleType
+    input_key = "input_ids"  # the key every `prepare` output holds
 
     def __init__(self, config: Any, params: dict, processor: Any, eos_ids: tuple[int, ...], pad_id: int):
         self.config, self.params, self.processor = config, params, processor
@@ -58,9 +59,10 @@ class BasePipeline:
 
     def _options(self, inputs: dict, max_new_tokens: int, sampling: Sampling, seed: int) -> dict:
         """The loop's keyword arguments, each checked (types, ranges) before anything runs."""
-        if not isinstance(inputs, dict) or "input_ids" not in inputs:
+        if not isinstance(inputs, dict) or self.input_key not in inputs:
             raise TypeError(
-                f"inputs must be the dict pipe.prepare returns (with input_ids), got {type(inputs).__name__}"
+                f"inputs must be the dict pipe.prepare returns (with {self.input_key}), "
+                f"got {type(inputs).__name__}"
             )
         if not isinstance(sampling, Sampling):
             raise TypeError(f"sampling must be an omni_jax Sampling, got {type(sampling).__name__}")

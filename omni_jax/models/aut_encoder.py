@@ -251,6 +251,12 @@ def slot_count(config: AuTConfig, max_frames: int) -> int:
     return -(-max_frames // config.window_frames) * config.window
 
 
+def bucket_frames(config: AuTConfig, max_frames: int) -> int:
+    """Padded frame count of a batch whose longest audio has `max_frames`: a whole number of windows (the
+    training batches' static feature length)."""
+    return -(-max_frames // config.window_frames) * config.window_frames
+
+
 def encode(params: dict, config: AuTConfig, features, lengths) -> tuple[jax.Array, jax.Array]:
     """Validated entry point. features: b mel T (frames past each length are ignored); lengths: b valid
     frames. Runs `plan_calls`, then places each audio's tokens at the start of its row. The batch is

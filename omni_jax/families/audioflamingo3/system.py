@@ -136,7 +136,8 @@ def _decoder_inputs(
     """Embeddings and attention mask; with `bucket_limit`, left-padded first to the engine's length bucket
     (one fusion compile per bucket)."""
     ids, mask = inputs["input_ids"], inputs.get("attention_mask")
-    if bucket_limit:
+    if bucket_limit:  # ids checked before they are padded
+        ids = validation.token_ids("input_ids", ids, config.decoder.vocab_size)
         mask = np.ones(np.shape(ids), bool) if mask is None else mask
         ids, mask = engine.pad_to_bucket(bucket_limit, ids, mask)
     embeds = embed_inputs(

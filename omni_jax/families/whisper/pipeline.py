@@ -35,6 +35,7 @@ class Pipeline(BasePipeline):
     """A loaded Whisper checkpoint: config (with its generation settings), params and tokenizer."""
 
     system = whisper
+    input_key = "input_features"
 
     def prepare(self, audios: Sequence[np.ndarray], prompts: Sequence[str | None] | None = None) -> dict:
         """<= 30-s 16-kHz clips -> {"input_features": b mel 3000} (zero-padded to 30 s, as transformers)."""
