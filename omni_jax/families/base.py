@@ -67,12 +67,16 @@ class BasePipeline:
         if not isinstance(sampling, Sampling):
             raise TypeError(f"sampling must be an omni_jax Sampling, got {type(sampling).__name__}")
         return dict(
-            max_new_tokens=validation.integer("max_new_tokens", max_new_tokens, minimum=1),
+            max_new_tokens=self._max_new_tokens(max_new_tokens),
             sampling=sampling,
             eos_ids=self.eos_ids,
             pad_id=self.pad_id,
             seed=validation.integer("seed", seed),
         )
+
+    @staticmethod
+    def _max_new_tokens(value: Any) -> int | None:
+        return validation.integer("max_new_tokens", value, minimum=1)
 
     def generate(
         self, inputs: dict, *, max_new_tokens: int, sampling: Sampling = GREEDY, seed: int = 0

@@ -197,8 +197,36 @@ def forward(
         x = encoder_stack(
             params["layers"], x, attend, heads=config.heads, act=config.activation, scale_q_first=False
         )
+    return _head(params, config, x)[0], valid[0]
+
+
+def _head(params: dict, config: AuTConfig, x: jax.Array) -> jax.Array:
+    """ln_post, proj1, activation, proj2: b n d -> b n output_dim."""
     x = linear(params["proj1"], layer_norm(params["ln_post"], x, LN_EPS))
-    return linear(params["proj2"], activation(config.activation)(x))[0], valid[0]
+    return linear(params["proj2"], activation(config.activation)(x))
+
+
+def forward_padded(
+    params: dict, config: AuTConfig, features: jax.Array, lengths: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Traceable encoder for training batches (lengths may be traced): features b mel T with T a multiple of
+    window_frames (`bucket_frames`); lengths b valid frames (>= 1). -> (out b n output_dim, valid b n),
+    n = T / 100 * 13; audio i's tokens are the first audio_token_count(lengths[i]) rows."""
+    b, mel, frames = features.shape
+    chunks = frames // CHUNK
+    x = features.reshape(b, mel, chunks, CHUNK).transpose(0, 2, 1, 3).reshape(b * chunks, mel, CHUNK)
+    chunk_lengths = jnp.clip(lengths[:, None] - jnp.arange(chunks) * CHUNK, 0, CHUNK).reshape(-1)
+    x, valid = _chunk_tokens(params, config, x, chunk_lengths, jnp.minimum(lengths.max(), CHUNK))
+    x, valid = x.reshape(b, -1, config.d_model), valid.reshape(b, -1)
+
+    def attend(q, k, v, *, scale):
+        return windowed_attention(q, k, v, window=config.window, key_mask=valid, scale=scale)
+
+    with jax.named_scope("aut_layers"):
+        x = encoder_stack(
+            params["layers"], x, attend, heads=config.heads, act=config.activation, scale_q_first=False
+        )
+    return _head(params, config, x), valid
 
 
 MAX_GROUP = 8  # full windows per call at most; calls take 8, 4, 2 or 1 of them

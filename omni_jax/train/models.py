@@ -65,7 +65,7 @@ def thinker_sums(
     embeds = decoder.embed(params["thinker"], text, ids)
     if "input_features" in batch:
         with jax.named_scope("audio"):
-            audio, valid = aut_encoder.forward(
+            audio, valid = aut_encoder.forward_padded(
                 params["audio_encoder"], config.audio, batch["input_features"], batch["audio_lengths"]
             )  # n k d, n k
         valid = valid & batch["audio_present"][:, None]

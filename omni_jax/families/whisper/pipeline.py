@@ -37,6 +37,11 @@ class Pipeline(BasePipeline):
     system = whisper
     input_key = "input_features"
 
+    @staticmethod
+    def _max_new_tokens(value):
+        """None: up to the checkpoint's max_length."""
+        return None if value is None else BasePipeline._max_new_tokens(value)
+
     def prepare(self, audios: Sequence[np.ndarray], prompts: Sequence[str | None] | None = None) -> dict:
         """<= 30-s 16-kHz clips -> {"input_features": b mel 3000} (zero-padded to 30 s, as transformers)."""
         if prompts is not None and any(p is not None for p in prompts):
