@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from common import ROOT, paired_median_times, row, run_configs  # noqa: E402
+from common import ROOT, first_token_and_decode_rows, run_configs  # noqa: E402
 
 from omni_jax import parity  # noqa: E402
 from omni_jax.families.audioflamingo3 import system as af3  # noqa: E402
@@ -101,13 +101,9 @@ def measure(model, pipe, clips, repeats) -> list[dict]:
     """First token and decode throughput ((NEW - 1) tokens per row / (t(NEW) - t(1))), the runs of both sides
     interleaved."""
     ours, reference = timers(model, pipe, clips)
-    o1, on, r1, rn = paired_median_times((ours(1), ours(NEW), reference(1), reference(NEW)), repeats=repeats)
-    b = len(clips)
-    rates = b * (NEW - 1) / (on - o1), b * (NEW - 1) / (rn - r1)
-    return [
-        row(f"first_token_b{b} (pipeline layout, as the CLI)", 1e3 * o1, 1e3 * r1, "ms"),
-        row(f"decode_b{b} (pipeline layout, as the CLI)", *rates, "tok/s", higher_is_better=True),
-    ]
+    return first_token_and_decode_rows(
+        ours, reference, len(clips), NEW, repeats, " (pipeline layout, as the CLI)"
+    )
 
 
 def measure_config(name: str, folder, speech, repeats: int) -> list[dict]:

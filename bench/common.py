@@ -104,3 +104,16 @@ def run_configs(
                 {**r, "name": f"{name}_{r['name']}"} for r in measure(name, folder, speech, args.repeats)
             ]
     emit(rows, args.json)
+
+
+def first_token_and_decode_rows(
+    ours, reference, b: int, new: int, repeats: int, label: str = ""
+) -> list[dict]:
+    """Rows of first-token time and decode tok/s at batch b from timers ours(n) / reference(n) (n new
+    tokens): decode = b (new - 1) / (t(new) - t(1)), the four runs interleaved."""
+    o1, on, r1, rn = paired_median_times((ours(1), ours(new), reference(1), reference(new)), repeats=repeats)
+    rates = b * (new - 1) / (on - o1), b * (new - 1) / (rn - r1)
+    return [
+        row(f"first_token_b{b}{label}", 1e3 * o1, 1e3 * r1, "ms"),
+        row(f"decode_b{b}{label}", *rates, "tok/s", higher_is_better=True),
+    ]

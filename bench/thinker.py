@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(__file__))
 
 import numpy as np  # noqa: E402
-from common import ROOT, paired_median_times, row, run_configs  # noqa: E402
+from common import ROOT, first_token_and_decode_rows, run_configs  # noqa: E402
 
 from omni_jax import parity  # noqa: E402
 from omni_jax.families.qwen3_omni import parity as qwen3_omni_parity  # noqa: E402
@@ -113,13 +113,7 @@ def measure(model, pipe, ref_processor, clips, repeats) -> list[dict]:
     """First token (waveforms -> processor -> 1 token) and decode throughput (NEW - 1 tokens per row over
     t(NEW) - t(1)); the four runs interleaved."""
     ours, reference = timers(model, pipe, ref_processor, clips)
-    o1, on, r1, rn = paired_median_times((ours(1), ours(NEW), reference(1), reference(NEW)), repeats=repeats)
-    b = len(clips)
-    rates = b * (NEW - 1) / (on - o1), b * (NEW - 1) / (rn - r1)
-    return [
-        row(f"first_token_b{b}", 1e3 * o1, 1e3 * r1, "ms"),
-        row(f"decode_b{b}", *rates, "tok/s", higher_is_better=True),
-    ]
+    return first_token_and_decode_rows(ours, reference, len(clips), NEW, repeats)
 
 
 def measure_config(name: str, folder, speech, repeats: int) -> list[dict]:
