@@ -104,15 +104,22 @@ def assert_talker_matches(model, config, params):
 
 @contextlib.contextmanager
 def count_compilations():
-    """Yields a list that receives one entry per XLA backend compilation inside the block."""
+    """Yields a list that receives one entry per XLA compilation inside the block: a backend compile, or
+    its executable read from the persistent compilation cache (tests/conftest.py turns it on)."""
     events: list[str] = []
 
-    def listener(event, duration, **kwargs):
+    def on_duration(event, duration, **kwargs):
         if event == "/jax/core/compile/backend_compile_duration":
             events.append(event)
 
-    jax.monitoring.register_event_duration_secs_listener(listener)
+    def on_event(event, **kwargs):
+        if event == "/jax/compilation_cache/cache_hits":
+            events.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(on_duration)
+    jax.monitoring.register_event_listener(on_event)
     try:
         yield events
     finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
+        jax.monitoring.unregister_event_duration_listener(on_duration)
+        jax.monitoring.unregister_event_listener(on_event)
