@@ -7,15 +7,19 @@
   130  interrupted (Ctrl-C, or SIGTERM, which is handled the same way)
 
 `run(check, job)` calls `check()` (argument validation; nothing is loaded yet) then `job(checked)`, and maps
-the errors of each phase to its code with one `error: ...` line on stderr.
+the errors of each phase to its code with one `error: ...` line on stderr. The job runs with JAX's persistent
+compilation cache in ~/.cache/omni_jax/xla (unless JAX_COMPILATION_CACHE_DIR says where), so a second run of
+a command skips the compilations that took more than a second.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 OK, FAILED, USAGE, INTERRUPTED = 0, 1, 2, 130
@@ -41,8 +45,17 @@ def fail(message: Any, code: int) -> int:
     return code
 
 
+def use_compilation_cache() -> None:
+    """Point JAX's persistent compilation cache at ~/.cache/omni_jax/xla unless the user set a directory."""
+    import jax
+
+    if not jax.config.jax_compilation_cache_dir and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        jax.config.update("jax_compilation_cache_dir", str(Path.home() / ".cache" / "omni_jax" / "xla"))
+
+
 def run(check: Callable[[], Any], job: Callable[[Any], int | None]) -> int:
     """check() (errors -> USAGE), then job(its result) (errors -> FAILED; its own code otherwise)."""
+    use_compilation_cache()
     with sigterm_as_interrupt():
         try:
             try:
