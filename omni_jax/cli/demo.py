@@ -88,6 +88,7 @@ def _transformers_texts(model_dir: Path, clips) -> tuple[list[str] | None, float
         from omni_jax.families.whisper.parity import reference_model
     except ImportError:
         return None, None
+    transformers.logging.set_verbosity_error()  # its notes on the generation config are not the demo's news
     model = reference_model(model_dir)
     extractor = transformers.WhisperFeatureExtractor(feature_size=80)
     tokenizer = transformers.WhisperTokenizerFast(tokenizer_file=str(model_dir / "tokenizer.json"))

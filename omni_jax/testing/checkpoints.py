@@ -64,6 +64,7 @@ def tiny_checkpoint(folder: str | Path, config: str | Path = TINY_CONFIG, seed: 
     with torch.no_grad():
         head = model.lm_head.weight
         head.copy_(torch.zeros_like(head).index_copy_(0, known, head[known]))
+    transformers.utils.logging.disable_progress_bar()
     model.save_pretrained(folder)
     return folder
 
