@@ -125,9 +125,10 @@ def causal_blocked_attention(
 ) -> jax.Array:
     """Causal softmax attention with left padding, flash-style: queries and keys in blocks, an online
     softmax (running max and sum) over the key blocks, so memory is linear in the length (the float32 logits
-    in flight are b h block block). Query i sits at slot offset + i and attends to keys start[b] .. itself.
-    q: b t h d; k, v: b s kh d (GQA, h % kh == 0); start: b int. Equals `attention` with that mask (rows
-    with no key to attend, i.e. left padding, aside). -> b t h d."""
+    in flight are b h block block); key blocks after a query block's last slot are skipped (lax.cond).
+    Query i sits at slot offset + i and attends to keys start[b] .. itself. q: b t h d; k, v: b s kh d (GQA,
+    h % kh == 0); start: b int. Equals `attention` with that mask (rows with no key to attend, i.e. left
+    padding, aside). -> b t h d."""
     b, t, h, d = q.shape
     s, kh = k.shape[1], k.shape[2]
     g, dv = h // kh, v.shape[-1]
@@ -144,7 +145,11 @@ def causal_blocked_attention(
         qi = qb[:, i]  # b block kh g d
         q_slots = offset + i * block + jnp.arange(block)
 
-        def key_block(carry, j):
+        def key_block(carry, j):  # key blocks wholly after the query block's last slot are skipped
+            needed = j * block <= offset + i * block + block - 1
+            return jax.lax.cond(needed, lambda c: attend_key_block(c, j), lambda c: c, carry), None
+
+        def attend_key_block(carry, j):
             top, total, acc = carry  # b kh g block (x2), b kh g block dv
             k_slots = j * block + jnp.arange(block)
             allowed = (k_slots[None, None] >= start[:, None, None]) & (k_slots[None] <= q_slots[:, None])
@@ -155,7 +160,7 @@ def causal_blocked_attention(
             e = jnp.exp(logits - new_top[..., None])
             fix = jnp.exp(top - new_top)
             part = jnp.einsum("bkgqs,bskd->bkgqd", e.astype(v.dtype), vb[:, j]).astype(jnp.float32)
-            return (new_top, total * fix + e.sum(-1), acc * fix[..., None] + part), None
+            return new_top, total * fix + e.sum(-1), acc * fix[..., None] + part
 
         shape = (b, kh, g, block)
         init = (jnp.full(shape, -jnp.inf), jnp.zeros(shape), jnp.zeros((*shape, dv)))
