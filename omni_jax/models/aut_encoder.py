@@ -193,15 +193,16 @@ def forward(
             axis=1,
         )
 
+    return _layers_and_head(params, config, x, attend)[0], valid[0]
+
+
+def _layers_and_head(params: dict, config: AuTConfig, x: jax.Array, attend) -> jax.Array:
+    """The encoder layers with `attend` as their attention, then ln_post, proj1, activation, proj2:
+    b n d -> b n output_dim."""
     with jax.named_scope("aut_layers"):
         x = encoder_stack(
             params["layers"], x, attend, heads=config.heads, act=config.activation, scale_q_first=False
         )
-    return _head(params, config, x)[0], valid[0]
-
-
-def _head(params: dict, config: AuTConfig, x: jax.Array) -> jax.Array:
-    """ln_post, proj1, activation, proj2: b n d -> b n output_dim."""
     x = linear(params["proj1"], layer_norm(params["ln_post"], x, LN_EPS))
     return linear(params["proj2"], activation(config.activation)(x))
 
@@ -222,11 +223,7 @@ def forward_padded(
     def attend(q, k, v, *, scale):
         return windowed_attention(q, k, v, window=config.window, key_mask=valid, scale=scale)
 
-    with jax.named_scope("aut_layers"):
-        x = encoder_stack(
-            params["layers"], x, attend, heads=config.heads, act=config.activation, scale_q_first=False
-        )
-    return _head(params, config, x), valid
+    return _layers_and_head(params, config, x, attend), valid
 
 
 MAX_GROUP = 8  # full windows per call at most; calls take 8, 4, 2 or 1 of them
