@@ -186,16 +186,17 @@ def segment_attention(
         raise ValueError(f"sequence length {t} is not a multiple of the block {block}")
     scale = d**-0.5 if scale is None else scale
     span = key_blocks * block
+    kh, vh = k.transpose(1, 0, 2), v.transpose(1, 0, 2)  # h t d, sliced along t per query block
 
     def one(args):  # one query block: blk h d, its segment ids, its first key block
         qq, sq, first = args
         at = first * block
-        kk, vv = (jax.lax.dynamic_slice_in_dim(x, at, span) for x in (k, v))  # span h d
+        kk, vv = (jax.lax.dynamic_slice_in_dim(x, at, span, axis=1) for x in (kh, vh))  # h span d
         sk = jax.lax.dynamic_slice_in_dim(segments, at, span)
-        logits = jnp.einsum("qhd,khd->hqk", qq, kk).astype(jnp.float32) * scale
+        logits = jnp.einsum("qhd,hkd->hqk", qq, kk).astype(jnp.float32) * scale
         logits = jnp.where(sq[:, None] == sk[None, :], logits, MASK_VALUE)
         probs = jax.nn.softmax(logits, axis=-1).astype(vv.dtype)
-        return jnp.einsum("hqk,khd->qhd", probs, vv)
+        return jnp.einsum("hqk,hkd->qhd", probs, vv)
 
     blocks = (q.reshape(t // block, block, h, d), segments.reshape(t // block, block), key_block_start)
     return jax.lax.map(one, blocks).reshape(t, h, -1)
