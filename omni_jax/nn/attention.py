@@ -180,7 +180,8 @@ def segment_attention(
     """Attention inside segments (token i sees token j iff segments[i] == segments[j]) as a block structure:
     query block n reads only the `key_blocks` key blocks from `key_block_start[n]` on, which must cover its
     segments. q, k, v: t h d with t % block == 0; segments: t int; key_block_start: t/block int.
-    Costs O(t * key_blocks * block), not O(t^2); the softmax is normalised after the value product. -> t h d."""
+    Costs O(t * key_blocks * block), not O(t^2); the softmax is normalised after the value product.
+    -> t h d."""
     t, h, d = q.shape
     if t % block:
         raise ValueError(f"sequence length {t} is not a multiple of the block {block}")

@@ -228,8 +228,8 @@ def _patchify(frames: np.ndarray, config: VisionProcessorConfig, out: np.ndarray
 
 def _process(items: list, config: VisionProcessorConfig) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 frames t 3 h w, (height, width)) items -> (patches of all items float32, grids n 3 int64): each
-    item resized, padded with its last frame to whole temporal patches and patchified
-    straight into its rows of the output, the items in threads (numpy releases the GIL in large operations)."""
+    item resized, padded with its last frame to whole temporal patches and patchified straight into its rows
+    of the output, the items in threads (numpy releases the GIL in large operations)."""
     grids = np.asarray([_grid(len(f), *size, config) for f, size in items], np.int64).reshape(-1, 3)
     ends = np.cumsum(grids.prod(1))
     tp, features = config.temporal_patch_size, 3 * config.temporal_patch_size * config.patch_size**2
