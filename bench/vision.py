@@ -1,8 +1,10 @@
 """Vision, JAX jit vs transformers eager in one process: the Qwen3-Omni vision encoder at a small config on 1
 and 4 images of 448x448 and a 16-frame 448x448 video (merged tokens and deepstack features, `encode` end to
-end: grid tables, bucketing), and preprocessing of 8 images of 600x800 (numpy integer resize vs transformers'
-torchvision Qwen2VLImageProcessor where torchvision imports, else its PIL backend; the row says which).
-`--preprocess` runs only the preprocessing rows (no jax: for an environment with torchvision)."""
+end: grid tables, segment layout), and preprocessing of 8 images of 600x800 (numpy integer resize vs
+transformers' torchvision Qwen2VLImageProcessor where torchvision imports, else its PIL backend; the row says
+which). Each pair of timings is interleaved (JAX, reference, JAX, ...) so that load on a shared machine hits
+both alike; the load average goes to stderr. `--preprocess` runs only the preprocessing rows (no jax: for an
+environment with torchvision)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import sys
 sys.path.insert(0, os.path.dirname(__file__))
 
 import numpy as np  # noqa: E402
-from common import emit, median_time, parser, row  # noqa: E402
+from common import emit, paired_median_times, parser, row  # noqa: E402
 
 from omni_jax.processing import vision  # noqa: E402
 
@@ -55,7 +57,7 @@ def encoder_rows(torch, repeats: int) -> list[dict]:
         def run_jax(x=pixels, g=grid):
             jax.block_until_ready(vision_encoder.encode(params, config, x, g))
 
-        t_jax, t_torch = median_time(run_jax, repeats=repeats), median_time(run_torch, repeats=repeats)
+        t_jax, t_torch = paired_median_times((run_jax, run_torch), warmup=2, repeats=repeats)
         rows.append(row(f"vision encoder small, {name}", t_jax * 1e3, t_torch * 1e3, "ms"))
     return rows
 
@@ -82,7 +84,7 @@ def preprocess_rows(repeats: int) -> list[dict]:
     def run_ours():
         vision.preprocess_images(images)
 
-    t_ours, t_ref = median_time(run_ours, repeats=repeats), median_time(run_reference, repeats=repeats)
+    t_ours, t_ref = paired_median_times((run_ours, run_reference), warmup=2, repeats=repeats)
     return [row(f"preprocess 8 images 600x800 vs {backend}", t_ours * 1e3, t_ref * 1e3, "ms")]
 
 
@@ -96,6 +98,7 @@ def main() -> None:
     torch.set_num_threads(2)
     rows = [] if args.preprocess else encoder_rows(torch, args.repeats)
     emit(rows + preprocess_rows(args.repeats), args.json)
+    print(f"load average (1, 5, 15 min) at the end: {os.getloadavg()}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -7,15 +7,17 @@ for the Thinker, plus the deepstack features added after its first layers.
 
 Everything that depends only on `grid_thw` (patch coordinates for the 2-D rotary, the gather indices and
 weights that resample the learned position table bilinearly, the attention segments: one per image or
-video frame group) is computed on the host in numpy. Patches are padded to a bucket and attention runs as a
-block structure over the segments (omni_jax.nn.attention.segment_attention), so every grid inside one bucket
-shares one compilation. The Conv3d patch embedding is one matmul (kernel = stride = the patch).
+video frame group) is computed on the host in numpy. Each segment starts on an attention block boundary and
+the rows are padded to a bucket, so a query block reads only its own segment's key blocks
+(omni_jax.nn.attention.segment_attention) and grids of one layout share one compilation; the merged tokens
+are compacted afterwards. The Conv3d patch embedding is one matmul (kernel = stride = the patch).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -30,7 +32,9 @@ from omni_jax.nn.params import ParamSpec, stacked
 from omni_jax.nn.rope import apply_rope, rope_cos_sin, rope_inv_freq
 
 LN_EPS = 1e-6
-BLOCK = 128  # attention query/key block (patches)
+DENSE_UP_TO = 128  # calls up to this many patches attend in one masked block
+ALIGNED_BLOCKS = (64, 32, 16)  # attention blocks of larger calls, largest first
+ALIGN_SLACK = 1.125  # most rows (segments padded to whole blocks) per patch that a block size may cost
 MIN_BUCKET = 16
 
 # torch Conv3d weight (O, C, T, kh, kw) <-> (C, T, kh, kw, O): flattened over its first four axes it is the
@@ -184,28 +188,32 @@ def hf_rules(config: VisionConfig, prefix: str = "") -> list[Rule]:
 
 
 class Grid(NamedTuple):
-    """Per-patch tables of a padded call, from grid_thw alone (numpy, or device arrays inside jit)."""
+    """Per-row tables of a padded call, from grid_thw alone (numpy, or device arrays inside jit)."""
 
     positions: Any  # n 2 int32: (row, col) of the patch in its image, for the rotary
     pos_index: Any  # n 4 int32: position-table rows of the bilinear taps (r0c0, r0c1, r1c0, r1c1)
     pos_weight: Any  # n 4 float32: their weights
     segments: Any  # n int32: attention segment (one per image / video frame group; padding: -1)
     key_block_start: Any  # n/block int32: the first key block each query block reads
+    token_rows: Any  # n/merge_unit int32: the merged row of each merged token (valid ones first)
 
 
 class Layout(NamedTuple):
     """The static shape of a call: what one compilation covers."""
 
-    patches: int  # padded patch count (a bucket)
+    patches: int  # padded row count
     block: int
     key_blocks: int
 
 
 def bucket_patches(n: int) -> int:
-    """Padded patch count: a power of two up to BLOCK, then quarter-octave steps (<= 25 % padding)."""
-    if n <= BLOCK:
-        return max(MIN_BUCKET, 1 << (n - 1).bit_length())
-    step = max(BLOCK, 1 << (n.bit_length() - 3))
+    """Padded row count of a small call (one attention block): a power of two, at least MIN_BUCKET."""
+    return max(MIN_BUCKET, 1 << (n - 1).bit_length())
+
+
+def bucket_blocks(n: int) -> int:
+    """Block counts: exact up to 8, then eighth-octave steps (<= 12.5 % padding)."""
+    step = 1 << max(0, n.bit_length() - 4)
     return -(-n // step) * step
 
 
@@ -232,12 +240,12 @@ def check_grid(config: VisionConfig, grid_thw: Any, rows: int | None = None) -> 
     return grid.astype(np.int64)
 
 
-def _patch_coords(t: int, h: int, w: int, m: int) -> tuple[np.ndarray, np.ndarray]:
-    """(row, col) of an item's patches in token order: t, block row, block col, in-block row, col."""
+def _patch_coords(h: int, w: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row, col) of a frame's patches in token order: block row, block col, in-block row, col."""
     br, bc, ir, ic = np.meshgrid(
         np.arange(h // m), np.arange(w // m), np.arange(m), np.arange(m), indexing="ij"
     )
-    return np.tile((br * m + ir).ravel(), t), np.tile((bc * m + ic).ravel(), t)
+    return (br * m + ir).ravel(), (bc * m + ic).ravel()
 
 
 def _axis_taps(index: np.ndarray, size: int, side: int) -> tuple[np.ndarray, np.ndarray]:
@@ -253,52 +261,59 @@ def _axis_taps(index: np.ndarray, size: int, side: int) -> tuple[np.ndarray, np.
     return taps, weights.astype(np.float32)
 
 
-def _key_blocks(segments: np.ndarray, block: int) -> tuple[np.ndarray, int]:
-    """The key blocks each query block needs: (first block per query block, how many at most, a power of
-    two capped at the block count)."""
-    n = len(segments) // block
-    _, first, counts = np.unique(segments, return_index=True, return_counts=True)
-    order = np.argsort(first)
-    starts = np.repeat(first[order], counts[order])  # segment start of every token (segments contiguous)
-    ends = starts + np.repeat(counts[order], counts[order])
-    lo = starts.reshape(n, block).min(1) // block
-    hi = -(-ends.reshape(n, block).max(1) // block)
-    need = int((hi - lo).max())
-    key_blocks = min(n, 1 << (need - 1).bit_length())
-    return np.minimum(lo, n - key_blocks).astype(np.int32), key_blocks
+def _segment_layout(lengths: np.ndarray, merge_unit: int) -> tuple[np.ndarray, Layout]:
+    """Where each attention segment starts in the padded call, and the layout. Up to DENSE_UP_TO patches the
+    segments are packed into one block (masked dense attention); beyond, each starts on a block boundary
+    (the largest block whose padding stays within ALIGN_SLACK), so a query block reads only the key blocks of
+    its own segment."""
+    n = int(lengths.sum())
+    if n <= DENSE_UP_TO:
+        size = bucket_patches(n)
+        return np.cumsum([0, *lengths[:-1]]), Layout(size, size, 1)
+    for block in ALIGNED_BLOCKS:
+        block = math.lcm(block, merge_unit)
+        blocks = -(-lengths // block)
+        if blocks.sum() * block <= ALIGN_SLACK * n:
+            break
+    count = bucket_blocks(int(blocks.sum()))
+    layout = Layout(count * block, block, min(count, bucket_blocks(int(blocks.max()))))
+    return np.cumsum([0, *blocks[:-1]]) * block, layout
 
 
 def grid_tables(config: VisionConfig, grid_thw: Any) -> tuple[Grid, Layout]:
-    """The per-patch tables of a call padded to its bucket, and its static layout."""
+    """The per-row tables of a call laid out by `_segment_layout`, and its static layout."""
     grid = check_grid(config, grid_thw)
-    m, side = config.spatial_merge_size, config.side
-    rows, cols, index, weight, segments = [], [], [], [], []
+    m, side, unit = config.spatial_merge_size, config.side, config.merge_unit
+    lengths = np.repeat(grid[:, 1] * grid[:, 2], grid[:, 0])  # one segment per (item, t)
+    starts, layout = _segment_layout(lengths, unit)
+    size = layout.patches
+    positions, pos_index = np.zeros((size, 2), np.int32), np.zeros((size, 4), np.int32)
+    pos_weight, segments = np.zeros((size, 4), np.float32), np.full(size, -1, np.int32)
+    segment = 0
     for t, h, w in grid.tolist():
-        row, col = _patch_coords(t, h, w, m)
+        row, col = _patch_coords(h, w, m)
         (r_taps, r_w), (c_taps, c_w) = _axis_taps(row, h, side), _axis_taps(col, w, side)
-        index.append((r_taps[:, :, None] * side + c_taps[:, None, :]).reshape(-1, 4))
-        weight.append((r_w[:, :, None] * c_w[:, None, :]).reshape(-1, 4))
-        rows.append(row)
-        cols.append(col)
-        segments.append(np.repeat(np.arange(t), h * w))
-    n = int(grid.prod(1).sum())
-    size = bucket_patches(n)
-    pad = size - n
-    frames = np.cumsum([0, *grid[:-1, 0]])  # one segment per (item, t)
-    seg = np.concatenate([s + f for s, f in zip(segments, frames, strict=True)] + [np.full(pad, -1)])
-    seg = seg.astype(np.int32)
-    block = min(BLOCK, size)
-    start, key_blocks = _key_blocks(seg, block)
+        index = (r_taps[:, :, None] * side + c_taps[:, None, :]).reshape(-1, 4)
+        weight = (r_w[:, :, None] * c_w[:, None, :]).reshape(-1, 4)
+        for _ in range(t):  # frame groups share the tables
+            rows = slice(starts[segment], starts[segment] + h * w)
+            positions[rows], pos_index[rows], pos_weight[rows] = np.stack([row, col], 1), index, weight
+            segments[rows] = segment
+            segment += 1
+    valid = np.flatnonzero(segments >= 0)
+    tokens = valid[::unit] // unit
+    first = np.repeat(np.minimum(starts // layout.block, size // layout.block - layout.key_blocks), lengths)
+    key_block_start = np.full(size // layout.block, size // layout.block - layout.key_blocks, np.int32)
+    np.minimum.at(key_block_start, valid // layout.block, first.astype(np.int32))
     tables = Grid(
-        positions=np.pad(
-            np.stack([np.concatenate(rows), np.concatenate(cols)], 1), ((0, pad), (0, 0))
-        ).astype(np.int32),
-        pos_index=np.pad(np.concatenate(index), ((0, pad), (0, 0))).astype(np.int32),
-        pos_weight=np.pad(np.concatenate(weight), ((0, pad), (0, 0))),
-        segments=seg,
-        key_block_start=start,
+        positions=positions,
+        pos_index=pos_index,
+        pos_weight=pos_weight,
+        segments=segments,
+        key_block_start=key_block_start,
+        token_rows=np.pad(tokens, (0, size // unit - len(tokens))).astype(np.int32),
     )
-    return tables, Layout(size, block, key_blocks)
+    return tables, layout
 
 
 # ---------------------------------------------------------------- forward
@@ -349,8 +364,8 @@ def _merge(p: dict, config: VisionConfig, x: jax.Array, *, postshuffle: bool) ->
 def forward(
     params: dict, config: VisionConfig, pixels: jax.Array, grid: Grid, layout: Layout
 ) -> tuple[jax.Array, jax.Array | None]:
-    """pixels: n patch_dim (n = layout.patches, padded); grid: tables of `grid_tables`.
-    -> (merged n/4 out_hidden_size, deepstack n_ds n/4 out_hidden_size or None)."""
+    """pixels: n patch_dim (n = layout.patches, laid out as `grid`); grid: tables of `grid_tables`.
+    -> (merged n/4 out_hidden_size, deepstack n_ds n/4 out_hidden_size or None), the valid tokens first."""
     c = config
     dtype = params["patch_embed"]["bias"].dtype
     with jax.named_scope("patch_embed"):
@@ -373,28 +388,31 @@ def forward(
 
     (x, states), _ = jax.lax.scan(step, (x, tuple(x for _ in kept)), (params["blocks"], jnp.arange(c.depth)))
     with jax.named_scope("mergers"):
-        merged = _merge(params["merger"], c, x, postshuffle=False)
+        merged = _merge(params["merger"], c, x, postshuffle=False)[grid.token_rows]
         deepstack = None
         if kept:
             merge = functools.partial(_merge, config=c, postshuffle=True)
-            deepstack = jax.vmap(lambda p, s: merge(p, x=s))(params["deepstack"], jnp.stack(states))
+            deepstack = jax.vmap(lambda p, s: merge(p, x=s)[grid.token_rows])(
+                params["deepstack"], jnp.stack(states)
+            )
     return merged, deepstack
 
 
 def encode(params: dict, config: VisionConfig, pixel_values: Any, grid_thw: Any) -> VisionOutput:
     """Validated entry point: the processor's patches (N, C*T*p*p) of all images (or all videos) of a call and
-    their grids (items, 3). Pads N to its bucket, so grids inside one bucket share one compilation."""
+    their grids (items, 3). Lays the patches out on the rows of `grid_tables` (segments on block boundaries,
+    padding to a bucket), so grids of one layout share one compilation."""
     pixels = np.asarray(pixel_values)
     if pixels.ndim != 2 or pixels.shape[1] != config.patch_dim:
         raise ValueError(f"pixel values must be (patches, {config.patch_dim}), got shape {pixels.shape}")
     check_grid(config, grid_thw, pixels.shape[0])
     tables, layout = grid_tables(config, grid_thw)
-    n = pixels.shape[0]
-    pixels = np.pad(pixels, ((0, layout.patches - pixels.shape[0]), (0, 0)))
+    laid_out = np.zeros((layout.patches, pixels.shape[1]), pixels.dtype)
+    laid_out[tables.segments >= 0] = pixels
     merged, deepstack = forward(
-        params, config, jnp.asarray(pixels), jax.tree.map(jnp.asarray, tables), layout
+        params, config, jnp.asarray(laid_out), jax.tree.map(jnp.asarray, tables), layout
     )
-    return VisionOutput(merged, deepstack, n // config.merge_unit)
+    return VisionOutput(merged, deepstack, pixels.shape[0] // config.merge_unit)
 
 
 def token_counts(config: VisionConfig, grid_thw: Any) -> np.ndarray:

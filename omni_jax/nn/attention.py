@@ -185,22 +185,26 @@ def segment_attention(
     """Attention inside segments (token i sees token j iff segments[i] == segments[j]) as a block structure:
     query block n reads only the `key_blocks` key blocks from `key_block_start[n]` on, which must cover its
     segments. q, k, v: t h d with t % block == 0; segments: t int; key_block_start: t/block int.
-    Costs O(t * key_blocks * block), not O(t^2). -> t h d."""
+    Costs O(t * key_blocks * block), not O(t^2); the softmax is normalised after the value product.
+    -> t h d."""
     t, h, d = q.shape
     if t % block:
         raise ValueError(f"sequence length {t} is not a multiple of the block {block}")
     scale = d**-0.5 if scale is None else scale
     span = key_blocks * block
+    kh, vh = k.transpose(1, 0, 2), v.transpose(1, 0, 2)  # h t d, sliced along t per query block
 
     def one(args):  # one query block: blk h d, its segment ids, its first key block
         qq, sq, first = args
         at = first * block
-        kk, vv = (jax.lax.dynamic_slice_in_dim(x, at, span) for x in (k, v))  # span h d
+        kk, vv = (jax.lax.dynamic_slice_in_dim(x, at, span, axis=1) for x in (kh, vh))  # h span d
         sk = jax.lax.dynamic_slice_in_dim(segments, at, span)
-        logits = jnp.einsum("qhd,khd->hqk", qq, kk).astype(jnp.float32) * scale
+        logits = jnp.einsum("qhd,hkd->hqk", qq, kk).astype(jnp.float32)
         logits = jnp.where(sq[:, None] == sk[None, :], logits, MASK_VALUE)
-        probs = jax.nn.softmax(logits, axis=-1).astype(vv.dtype)
-        return jnp.einsum("hqk,khd->qhd", probs, vv)
+        e = jnp.exp(logits - logits.max(-1, keepdims=True))
+        out = jnp.einsum("hqk,hkd->qhd", e.astype(vv.dtype), vv).astype(jnp.float32)
+        return (out / e.sum(-1).T[..., None]).astype(vv.dtype)
 
+    q = (q.astype(jnp.float32) * scale).astype(q.dtype)
     blocks = (q.reshape(t // block, block, h, d), segments.reshape(t // block, block), key_block_start)
     return jax.lax.map(one, blocks).reshape(t, h, -1)

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 CUBIC_A = -0.5  # the antialiased bicubic of torch (and Pillow); plain bicubic upsampling uses -0.75
+CHUNK_BYTES = 1 << 22  # gathered taps in flight per step of a resize pass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,20 +114,21 @@ def _axis_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, int]:
 
 
 def _resize_axis(x: np.ndarray, n_out: int, axis: int) -> np.ndarray:
-    """One pass along `axis` (-1: width, -2: height) of a uint8 array: int32 accumulation of the taps,
-    rounding shift, clamp."""
+    """One pass along `axis` (-1: width, -2: height) of a uint8 array: the taps of every output index gathered
+    (whole rows along the other axes, in chunks of output indices), their int32 weighted sum, rounding
+    shift, clamp. -> uint8, the resized axis leading in memory."""
     xmin, w, precision = _axis_weights(x.shape[axis], n_out)
-    shape = list(x.shape)
-    shape[axis] = n_out
-    acc = np.full(shape, 1 << (precision - 1), np.int32)
-    last = x.shape[axis] - 1
-    for k in range(w.shape[1]):
-        taps = np.minimum(xmin + k, last)
-        if axis == -1:
-            acc += x[..., taps] * w[:, k]
-        else:
-            acc += x[..., taps, :] * w[:, k, None]
-    return np.clip(acc >> precision, 0, 255).astype(np.uint8)
+    taps = np.minimum(xmin[:, None] + np.arange(w.shape[1]), x.shape[axis] - 1)  # o k
+    source = np.moveaxis(x, axis, 0)  # n_in ...
+    out = np.empty((n_out, *source.shape[1:]), np.uint8)
+    step = max(1, CHUNK_BYTES // (w.shape[1] * source[0].size))
+    for lo in range(0, n_out, step):
+        rows = slice(lo, lo + step)
+        acc = np.einsum("ok,ok...->o...", w[rows], source[taps[rows]], dtype=np.int32, casting="safe")
+        acc += 1 << (precision - 1)
+        acc >>= precision
+        np.clip(acc, 0, 255, out=out[rows], casting="unsafe")
+    return np.moveaxis(out, 0, axis)
 
 
 def resize_bicubic_uint8(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -189,25 +193,60 @@ def load_image(image: Any) -> np.ndarray:
     return _composite_rgba(array) if array.shape[0] == 4 else array
 
 
-def _normalize(patches: np.ndarray, config: VisionProcessorConfig) -> np.ndarray:
-    """Fused rescale + normalise in float32, (x - mean/rescale) / (std/rescale), of uint8 patches whose
-    features are ordered (C, T, row, col)."""
+def _level_table(config: VisionProcessorConfig, channels: int) -> np.ndarray:
+    """The fused rescale + normalise of every uint8 level per channel, (x - mean/rescale) / (std/rescale) in
+    float32 as transformers computes it elementwise. -> c 256 float32."""
     inv = np.float32(1.0 / config.rescale_factor)
-    per_channel = patches.shape[-1] // len(config.image_mean)
-    mean = np.repeat(np.asarray(config.image_mean, np.float32) * inv, per_channel)
-    std = np.repeat(np.asarray(config.image_std, np.float32) * inv, per_channel)
-    return (patches.astype(np.float32) - mean) / std
+    mean = np.asarray(config.image_mean, np.float32)[:channels, None] * inv
+    std = np.asarray(config.image_std, np.float32)[:channels, None] * inv
+    return (np.arange(256, dtype=np.float32) - mean) / std
 
 
-def _patchify(frames: np.ndarray, config: VisionProcessorConfig) -> tuple[np.ndarray, tuple[int, int, int]]:
-    """Frames t 3 h w (t a multiple of the temporal patch) -> (patches t'h'w' x features, grid), features
-    (C, T, row, col), patches in 2x2 merge blocks."""
+def _grid(frames: int, height: int, width: int, config: VisionProcessorConfig) -> tuple[int, int, int]:
+    """(t, h, w) in patches of `frames` frames (an image: 1) resized to height x width."""
+    tp = config.temporal_patch_size
+    return -(-frames // tp), height // config.patch_size, width // config.patch_size
+
+
+def _patchify(frames: np.ndarray, config: VisionProcessorConfig, out: np.ndarray) -> None:
+    """uint8 frames t 3 h w (t a multiple of the temporal patch) -> normalised float32 patches written to out
+    (t'h'w' x features): features (C, T, row, col), patches in 2x2 merge blocks. One transposing copy of the
+    uint8 levels, then each looked up once (in one table when the channels share their statistics)."""
     p, m, tp = config.patch_size, config.merge_size, config.temporal_patch_size
     t, ch, h, w = frames.shape
-    gt, gh, gw = t // tp, h // p, w // p
-    x = frames.reshape(gt, tp, ch, gh // m, m, p, gw // m, m, p)
-    x = x.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)  # gt br bc ir ic C T pr pc
-    return x.reshape(gt * gh * gw, ch * tp * p * p), (gt, gh, gw)
+    gt, gh, gw = _grid(t, h, w, config)
+    x = frames.reshape(gt, tp, ch, gh // m, m, p, gw // m, m, p).transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
+    levels = np.ascontiguousarray(x)  # gt br bc ir ic C T pr pc
+    target = out.reshape(levels.shape)
+    tables = _level_table(config, ch)
+    if (tables == tables[0]).all():
+        np.take(tables[0], levels, out=target, mode="clip")  # levels are always in range
+        return
+    for c, table in enumerate(tables):
+        np.take(table, levels[..., c, :, :, :], out=target[..., c, :, :, :], mode="clip")
+
+
+def _process(items: list, config: VisionProcessorConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 frames t 3 h w, (height, width)) items -> (patches of all items float32, grids n 3 int64): each
+    item resized, padded with its last frame to whole temporal patches and patchified straight into its rows
+    of the output, the items in threads (numpy releases the GIL in large operations)."""
+    grids = np.asarray([_grid(len(f), *size, config) for f, size in items], np.int64).reshape(-1, 3)
+    ends = np.cumsum(grids.prod(1))
+    tp, features = config.temporal_patch_size, 3 * config.temporal_patch_size * config.patch_size**2
+    out = np.empty((int(ends[-1]), features), np.float32)
+
+    def one(i: int) -> None:
+        frames, size = items[i]
+        frames = resize_bicubic_uint8(frames, *size)
+        if len(frames) == 1:  # an image: a view that repeats it in every temporal slot
+            frames = np.broadcast_to(frames, (tp, *frames.shape[1:]))
+        elif len(frames) % tp:
+            frames = frames[np.minimum(np.arange(-(-len(frames) // tp) * tp), len(frames) - 1)]
+        _patchify(frames, config, out[ends[i] - grids[i].prod() : ends[i]])
+
+    with ThreadPoolExecutor(min(len(items), os.cpu_count() or 1)) as pool:
+        list(pool.map(one, range(len(items))))
+    return out, grids
 
 
 def as_items(items: Any, what: str) -> list:
@@ -226,19 +265,15 @@ def preprocess_images(
     """Images (one or a list: paths, PIL images, uint8 arrays) -> (pixel_values sum(h w) features float32,
     image_grid_thw n 3 int64), as Qwen2VLImageProcessor. `overrides` replace config fields (min_pixels...)."""
     config = dataclasses.replace(config or VisionProcessorConfig(), **overrides)
-    rows, grids = [], []
+    items = []
     for i, image in enumerate(as_items(images, "images")):
         rgb = load_image(image)
-        _, h, w = rgb.shape
         try:
-            size = smart_resize(h, w, config.factor, config.min_pixels, config.max_pixels)
+            size = smart_resize(*rgb.shape[1:], config.factor, config.min_pixels, config.max_pixels)
         except ValueError as e:
             raise ValueError(f"image {i}: {e}") from None
-        frame = resize_bicubic_uint8(rgb, *size)
-        patches, grid = _patchify(np.repeat(frame[None], config.temporal_patch_size, 0), config)
-        rows.append(_normalize(patches, config))
-        grids.append(grid)
-    return np.concatenate(rows), np.asarray(grids, np.int64)
+        items.append((rgb[None], size))
+    return _process(items, config)
 
 
 # ---------------------------------------------------------------- video
@@ -335,7 +370,7 @@ def preprocess_video(
     rates = [float(fps)] * len(items) if np.ndim(fps) == 0 else [float(f) for f in fps]
     if len(rates) != len(items) or min(rates) <= 0:
         raise ValueError(f"fps must be positive, one value or one per video: {fps} for {len(items)} video(s)")
-    rows, grids = [], []
+    work = []
     for i, (video, rate) in enumerate(zip(items, rates, strict=True)):
         if isinstance(video, str | Path):
             loaded = load_video(video, fps=rate)
@@ -345,11 +380,7 @@ def preprocess_video(
             size = smart_resize(*frames.shape[2:], config.factor, min_pixels, max_pixels)
         except ValueError as e:
             raise ValueError(f"video {i}: {e}") from None
-        frames = resize_bicubic_uint8(frames, *size)
-        if pad := -len(frames) % config.temporal_patch_size:
-            frames = np.concatenate([frames, np.repeat(frames[-1:], pad, 0)])
-        patches, grid = _patchify(frames, config)
-        rows.append(_normalize(patches, config))
-        grids.append(grid)
+        work.append((frames, size))
+    pixels, grids = _process(work, config)
     seconds = np.asarray([config.temporal_patch_size / r for r in rates], np.float64)
-    return np.concatenate(rows), np.asarray(grids, np.int64), seconds
+    return pixels, grids, seconds

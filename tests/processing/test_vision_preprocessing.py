@@ -47,6 +47,19 @@ def test_frame_sampling(name):
     np.testing.assert_array_equal(ours, REFERENCE[f"sampling/{name}"])
 
 
+def test_per_channel_statistics():
+    """Statistics that differ per channel (the class defaults, OpenAI CLIP): every feature normalised with
+    its own channel's, in float32, from the levels the shared-statistics path sees."""
+    image = np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+    shared, _ = vision.preprocess_images(image, CONFIG)
+    pixels, _ = vision.preprocess_images(image, CONFIG, image_mean=mean, image_std=std)
+    levels = (shared * np.float32(127.5) + np.float32(127.5)).round().astype(np.float32)
+    channel = np.arange(pixels.shape[1]) // (pixels.shape[1] // 3)
+    m, s = (np.asarray(v, np.float32)[channel] * np.float32(255) for v in (mean, std))
+    np.testing.assert_array_equal(pixels, (levels - m) / s)
+
+
 def test_smart_resize_examples():
     """Spec 3.2: half-to-even rounding, the min and max branches."""
     sizes = {(60, 90): (64, 96), (31, 33): (64, 64), (10, 10): (64, 64), (1080, 1920): (1088, 1920),
