@@ -202,27 +202,21 @@ def test_long_form_is_the_chunked_pipeline(hf, pipe, clips, long_audio, extracto
 
 def test_timestamps_are_transformers(hf, pipe, clips, long_audio, extractor, tokenizer, monkeypatch):
     """One batch of nine windows (the 75-s clip's four, the shipped clip, four sentences) through
-    transformers' pipeline(chunk_length_s=30, return_timestamps=True): the tokens of its generate call are
-    ours on its features, its chunks (strides, merges, seek-loop passes) our segments."""
-    calls, generate = [], hf.generate
-
-    def recorded(**kwargs):
-        out = generate(**kwargs)
-        calls.append((kwargs["input_features"].numpy(), out.numpy()))
-        return out
-
-    monkeypatch.setattr(hf, "generate", recorded)
+    transformers' pipeline(chunk_length_s=30, return_timestamps=True) and ours: the tokens of the two
+    generate calls are the same, its chunks (strides, merges, seek-loop passes) are our segments."""
+    calls = []
+    for model in (hf, pipe):
+        monkeypatch.setattr(model, "generate", recorder(model.generate, calls))
     asr = transformers.pipeline(
         "automatic-speech-recognition", model=hf, tokenizer=tokenizer, feature_extractor=extractor,
         chunk_length_s=30, batch_size=9,
     )  # fmt: skip
     audios = [long_audio, *clips]
     refs = asr(audios, return_timestamps=True, generate_kwargs=dict(do_sample=False, num_beams=1))
-    [(features, ref)] = calls
-    assert (ref >= 50363).sum(axis=1).min() >= 2
-    ours = pipe.generate({"input_features": features}, timestamps=True)
-    assert np.array_equal(parity.trim_to(ref, ours, 50256), ref)
     rows = pipe.transcribe(audios, batch_size=9, timestamps=True)
+    [ref, ours] = calls
+    assert ref.shape[0] == 9 and (ref >= 50363).sum(axis=1).min() >= 2
+    assert np.array_equal(parity.trim_to(ref, ours, 50256), ref)
     for row, r in zip(rows, refs, strict=True):
         assert row["text"] == r["text"]
         expected = [
@@ -230,6 +224,17 @@ def test_timestamps_are_transformers(hf, pipe, clips, long_audio, extractor, tok
         ]
         assert row["segments"] == expected
     assert len(rows[0]["segments"]) > 1 and rows[1]["segments"][0]["text"] == TRANSCRIPT
+
+
+def recorder(generate, calls: list):
+    """`generate` that appends the token ids it returns (as a numpy array) to `calls`."""
+
+    def recorded(*args, **kwargs):
+        out = generate(*args, **kwargs)
+        calls.append(np.asarray(out))
+        return out
+
+    return recorded
 
 
 def test_bad_inputs(pipe, tmp_path):
@@ -269,23 +274,16 @@ def jax_leaves(params):
 
 
 def test_transcribe_and_generate_clis(capsys):
-    """Default model (bundled tiny.en), --json; `python -m omni_jax.generate` on a whisper checkpoint."""
+    """Default model (bundled tiny.en), --timestamps --json (segments as transformers' pipeline), the
+    `[start -> end] text` lines; `python -m omni_jax.generate` on a whisper checkpoint."""
     speech = str(shipped_speech())
-    assert transcribe_cli.main([speech, "--json"]) == 0
+    assert transcribe_cli.main([speech, "--timestamps", "--json"]) == 0
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert row["audio"] == speech and row["text"] == TRANSCRIPT and len(row["tokens"]) == 16
+    assert row["segments"] == [{"start": 0.0, "end": 5.36, "text": TRANSCRIPT}]
+    assert transcribe_cli.main([speech, "--timestamps"]) == 0
+    assert f"{speech}:\n[0.00 -> 5.36] {TRANSCRIPT.strip()}\n" in capsys.readouterr().out
     model = str(ct.whisper_tiny_dir())
     assert generate_cli.main(["--model", model, "--audio", speech, "--max-new-tokens", "30", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["text"] == [TRANSCRIPT]
     assert transcribe_cli.main([speech, "--model", "/nonexistent"]) == 2
-
-
-def test_transcribe_cli_timestamps(capsys):
-    """--timestamps: segments in the JSON rows, `[start -> end] text` lines without --json."""
-    speech = str(shipped_speech())
-    assert transcribe_cli.main([speech, "--timestamps", "--json"]) == 0
-    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert row["text"] == TRANSCRIPT and len(row["tokens"]) == 16
-    assert row["segments"] == [{"start": 0.0, "end": 5.36, "text": TRANSCRIPT}]  # as transformers' pipeline
-    assert transcribe_cli.main([speech, "--timestamps"]) == 0
-    assert f"{speech}:\n[0.00 -> 5.36] {TRANSCRIPT.strip()}\n" in capsys.readouterr().out

@@ -120,8 +120,8 @@ class Config:
         )
 
 
-def check_timestamps(config: Config) -> int:
-    """The id of <|0.00|>, after checking that the checkpoint has timestamp tokens."""
+def check_timestamps(config: Config) -> None:
+    """Raise unless the checkpoint has timestamp tokens (transformers needs no_timestamps_token_id)."""
     g, vocab = config.generation, config.decoder.vocab_size
     if g.no_timestamps_token_id is None:
         raise ValueError(
@@ -133,7 +133,6 @@ def check_timestamps(config: Config) -> int:
             f"timestamps need timestamp tokens after <|notimestamps|> ({g.no_timestamps_token_id}), but the "
             f"vocabulary ends at id {vocab - 1}"
         )
-    return g.timestamp_begin
 
 
 def param_specs(config: Config) -> dict:
