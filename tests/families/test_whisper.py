@@ -1,6 +1,8 @@
 """Whisper against transformers: a tiny random model (decoder, logits, generate settings, sampling) and the
 real tiny.en weights on speech (logits, greedy batch, pipeline text, long form, loading, CLIs, bad input)."""
 
+import copy
+import dataclasses
 import json
 import shutil
 
@@ -92,6 +94,30 @@ def test_tiny_sampling(tiny):
     assert np.array_equal(run(Sampling(temperature=0.7, top_k=1)), greedy)
 
 
+def test_tiny_timestamps_are_transformers(tiny, monkeypatch):
+    """Random weights emit timestamps everywhere (ids 61.. here): the pairing, monotonic, first-token and
+    probability rules, and the seek loop's re-decoding, as transformers' generate(return_timestamps=True)."""
+    generation = copy.deepcopy(tiny.generation_config)
+    generation.no_timestamps_token_id, generation.max_initial_timestamp_index = 60, 5
+    monkeypatch.setattr(tiny, "generation_config", generation)
+    with torch.no_grad():
+        ref = tiny.generate(features(3), return_timestamps=True, do_sample=False, num_beams=1).numpy()
+    config, params = whisper_parity.from_torch(tiny)
+    ours = system.generate(params, config, {"input_features": features(3).numpy()}, timestamps=True)
+    assert (ref >= 61).any() and ref.shape[1] > 23  # timestamps, and more than one pass
+    assert np.array_equal(np.asarray(ours), ref)
+
+
+def test_timestamps_need_timestamp_tokens(tiny):
+    config, params = whisper_parity.from_torch(tiny)  # <|notimestamps|> is the last id
+    inputs = {"input_features": features(1).numpy()}
+    with pytest.raises(ValueError, match=r"\(95\), but the vocabulary ends at id 95"):
+        system.generate(params, config, inputs, timestamps=True)
+    generation = dataclasses.replace(config.generation, no_timestamps_token_id=None)
+    with pytest.raises(ValueError, match="has no no_timestamps_token_id"):
+        system.generate(params, dataclasses.replace(config, generation=generation), inputs, timestamps=True)
+
+
 # ---------------------------------------------------------------- real tiny.en weights
 
 
@@ -117,6 +143,12 @@ def clips():
     if not have_espeak():
         pytest.skip("espeak-ng is not installed")
     return [load_audio(shipped_speech())] + [synthesize(s) for s in SENTENCES[:4]]
+
+
+@pytest.fixture(scope="module")
+def long_audio(clips):
+    """75 s of espeak-ng sentences (after `clips`: skipped without espeak-ng)."""
+    return long_speech(75)
 
 
 @pytest.fixture(scope="module")
@@ -154,10 +186,10 @@ def test_real_greedy_batch_and_texts(hf, pipe, clips, extractor, tokenizer):
     assert texts[0] == TRANSCRIPT
 
 
-def test_long_form_is_the_chunked_pipeline(hf, pipe, clips, extractor, tokenizer):
+def test_long_form_is_the_chunked_pipeline(hf, pipe, clips, long_audio, extractor, tokenizer):
     """75 s of speech: the text of transformers' pipeline(chunk_length_s=30, batch_size=4); decoded in one
     batch of five windows with a short clip."""
-    audio = long_speech(75)
+    audio = long_audio
     asr = transformers.pipeline(
         "automatic-speech-recognition", model=hf, tokenizer=tokenizer, feature_extractor=extractor,
         chunk_length_s=30, batch_size=4,
@@ -166,6 +198,43 @@ def test_long_form_is_the_chunked_pipeline(hf, pipe, clips, extractor, tokenizer
     long, short = pipe.transcribe([audio, clips[0]], batch_size=5)
     assert long["text"] == ref and short["text"] == TRANSCRIPT
     assert len(whisper_pipeline.chunk_windows(audio)) == 4
+
+
+def test_timestamps_are_transformers(hf, pipe, clips, long_audio, extractor, tokenizer, monkeypatch):
+    """One batch of nine windows (the 75-s clip's four, the shipped clip, four sentences) through
+    transformers' pipeline(chunk_length_s=30, return_timestamps=True) and ours: the tokens of the two
+    generate calls are the same, its chunks (strides, merges, seek-loop passes) are our segments."""
+    calls = []
+    for model in (hf, pipe):
+        monkeypatch.setattr(model, "generate", recorder(model.generate, calls))
+    asr = transformers.pipeline(
+        "automatic-speech-recognition", model=hf, tokenizer=tokenizer, feature_extractor=extractor,
+        chunk_length_s=30, batch_size=9,
+    )  # fmt: skip
+    audios = [long_audio, *clips]
+    refs = asr(audios, return_timestamps=True, generate_kwargs=dict(do_sample=False, num_beams=1))
+    rows = pipe.transcribe(audios, batch_size=9, timestamps=True)
+    [ref, ours] = calls
+    assert ref.shape[0] == 9 and (ref >= 50363).sum(axis=1).min() >= 2
+    assert np.array_equal(parity.trim_to(ref, ours, 50256), ref)
+    for row, r in zip(rows, refs, strict=True):
+        assert row["text"] == r["text"]
+        expected = [
+            {"start": c["timestamp"][0], "end": c["timestamp"][1], "text": c["text"]} for c in r["chunks"]
+        ]
+        assert row["segments"] == expected
+    assert len(rows[0]["segments"]) > 1 and rows[1]["segments"][0]["text"] == TRANSCRIPT
+
+
+def recorder(generate, calls: list):
+    """`generate` that appends the token ids it returns (as a numpy array) to `calls`."""
+
+    def recorded(*args, **kwargs):
+        out = generate(*args, **kwargs)
+        calls.append(np.asarray(out))
+        return out
+
+    return recorded
 
 
 def test_bad_inputs(pipe, tmp_path):
@@ -205,11 +274,15 @@ def jax_leaves(params):
 
 
 def test_transcribe_and_generate_clis(capsys):
-    """Default model (bundled tiny.en), --json; `python -m omni_jax.generate` on a whisper checkpoint."""
+    """Default model (bundled tiny.en), --timestamps --json (segments as transformers' pipeline), the
+    `[start -> end] text` lines; `python -m omni_jax.generate` on a whisper checkpoint."""
     speech = str(shipped_speech())
-    assert transcribe_cli.main([speech, "--json"]) == 0
+    assert transcribe_cli.main([speech, "--timestamps", "--json"]) == 0
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert row["audio"] == speech and row["text"] == TRANSCRIPT and len(row["tokens"]) == 16
+    assert row["segments"] == [{"start": 0.0, "end": 5.36, "text": TRANSCRIPT}]
+    assert transcribe_cli.main([speech, "--timestamps"]) == 0
+    assert f"{speech}:\n[0.00 -> 5.36] {TRANSCRIPT.strip()}\n" in capsys.readouterr().out
     model = str(ct.whisper_tiny_dir())
     assert generate_cli.main(["--model", model, "--audio", speech, "--max-new-tokens", "30", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["text"] == [TRANSCRIPT]

@@ -9,6 +9,12 @@ Clips longer than 30 s are cut the way transformers' `pipeline("automatic-speech
 chunk_length_s=30, batch_size=B)` cuts them (30-s windows, 5-s strides on both sides); every window of every
 clip is decoded in batches of `batch_size`, and each clip's windows are merged by the longest overlap of their
 tokens (transformers' `_find_longest_common_sequence`), so the text is the same as that pipeline's.
+
+    row = pipe.transcribe(clip, timestamps=True)[0]     # row["segments"]: [{"start", "end", "text"}, ...]
+
+With timestamps the windows decode with timestamp tokens, and their ids are read as transformers'
+`_decode_asr` reads them (`timestamp_chunks`): the segments are that pipeline's `return_timestamps=True`
+chunks.
 """
 
 from __future__ import annotations
@@ -58,40 +64,63 @@ class Pipeline(BasePipeline):
     def transcribe(
         self, audios, *, sampling_rate: int = SAMPLING_RATE, batch_size: int = 8, long_form: bool = True,
         max_new_tokens: int | None = None, sampling: Sampling = GREEDY, seed: int = 0,
+        timestamps: bool = False,
     ) -> list[dict]:  # fmt: skip
         """Text and token ids of each clip (a 1-D waveform or a list of them). Clips over 30 s are cut into
-        windows (unless `long_form` is False: an error); all windows decode in batches of `batch_size`."""
+        windows (unless `long_form` is False: an error); all windows decode in batches of `batch_size`. With
+        `timestamps`, also "segments": [{"start", "end", "text"}] in seconds (transformers' pipeline chunks
+        with `return_timestamps=True`; an end is None when the speech runs past the last timestamp)."""
         clips = as_clips(audios, sampling_rate)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not long_form:
             self.prepare(clips)  # the > 30-s check
+        if timestamps:
+            whisper.check_timestamps(self.config)
         windows = [chunk_windows(clip) for clip in clips]
-        flat = [w for clip_windows in windows for w in clip_windows]
-        tokens = self._decode_windows(flat, batch_size, max_new_tokens, sampling, seed)
+        flat = [w for clip_windows in windows for w, _ in clip_windows]
+        tokens = self._decode_windows(flat, batch_size, max_new_tokens, sampling, seed, timestamps)
         out, i = [], 0
         for clip_windows in windows:
-            ids = merge_windows([self._text_ids(t) for t in tokens[i : i + len(clip_windows)]])
+            rows = [[int(t) for t in self.decode_ids(ids)] for ids in tokens[i : i + len(clip_windows)]]
             i += len(clip_windows)
-            out.append({"text": self.processor.decode(ids), "tokens": ids})
+            out.append(self._segments(rows, [s for _, s in clip_windows]) if timestamps else self._text(rows))
         return out
 
-    def _decode_windows(self, windows, batch_size, max_new_tokens, sampling, seed) -> list[np.ndarray]:
-        """Generated ids of each window, in batches of `batch_size` (the last one padded with silence, so
-        every batch has one shape)."""
+    def _text(self, rows: list[list[int]]) -> dict:
+        """One clip's text and token ids from its windows' ids (merged at their overlaps)."""
+        ids = merge_windows([self._text_ids(row) for row in rows])
+        return {"text": self.processor.decode(ids), "tokens": ids}
+
+    def _segments(self, rows: list[list[int]], strides: list[tuple[int, int, int]]) -> dict:
+        """One clip's text, text ids and timed segments from its windows' timestamped ids."""
+        g, c = self.config.generation, self.config.encoder
+        chunks = timestamp_chunks(
+            rows, [tuple(n / SAMPLING_RATE for n in s) for s in strides],
+            text_end=min(g.eos_token_id, g.decoder_start_token_id), timestamp_begin=g.timestamp_begin,
+            precision=(CHUNK // SAMPLING_RATE) / c.max_source_positions, segment_size=c.max_source_positions,
+        )  # fmt: skip
+        segments = [{"start": a, "end": b, "text": self.processor.decode(ids)} for (a, b), ids in chunks]
+        tokens = [t for _, ids in chunks for t in ids]
+        return {"text": "".join(s["text"] for s in segments), "tokens": tokens, "segments": segments}
+
+    def _decode_windows(self, windows, batch_size, max_new_tokens, sampling, seed, timestamps):
+        """Generated ids of each window, in batches of `batch_size` (the last one filled with copies of its
+        first window, so every batch has one shape)."""
         size = min(batch_size, len(windows))
         out = []
         for start in range(0, len(windows), size):
             batch = windows[start : start + size]
-            inputs = self.prepare(batch + [np.zeros(1, np.float32)] * (size - len(batch)))
-            ids = self.generate(inputs, max_new_tokens=max_new_tokens, sampling=sampling, seed=seed)
+            inputs = self.prepare(batch + batch[:1] * (size - len(batch)))
+            ids = self.generate(
+                inputs, max_new_tokens=max_new_tokens, sampling=sampling, seed=seed, timestamps=timestamps
+            )
             out += list(ids[: len(batch)])
         return out
 
-    def _text_ids(self, ids: np.ndarray) -> list[int]:
-        """Text tokens of one window: up to its EOS, special and timestamp ids dropped."""
+    def _text_ids(self, row: list[int]) -> list[int]:
+        """Text tokens of one window (up to its EOS): special and timestamp ids dropped."""
         g = self.config.generation
-        row = list(self.decode_ids(ids))
         first_special = min(g.eos_token_id, g.decoder_start_token_id)
         return [int(t) for t in row if t < first_special]
 
@@ -100,23 +129,30 @@ class Pipeline(BasePipeline):
         end = np.flatnonzero(np.isin(ids, self.eos_ids))
         return ids[: end[0]] if len(end) else ids
 
-    def generate(self, inputs: dict, *, max_new_tokens: int | None = None, sampling=GREEDY, seed=0):
-        """New token ids b n (finished rows padded); max_new_tokens None: up to max_length."""
-        return super().generate(inputs, max_new_tokens=max_new_tokens, sampling=sampling, seed=seed)
+    def generate(
+        self, inputs: dict, *, max_new_tokens: int | None = None, sampling=GREEDY, seed=0, timestamps=False
+    ) -> np.ndarray:  # fmt: skip
+        """New token ids b n (finished rows padded); max_new_tokens None: up to max_length. With
+        `timestamps`, transformers' `generate(return_timestamps=True)` tokens (system.decode_passes)."""
+        options = self._options(inputs, max_new_tokens, sampling, seed)
+        ids = whisper.generate(self.params, self.config, inputs, **options, timestamps=timestamps)
+        return np.asarray(ids)
 
 
-def chunk_windows(clip: np.ndarray, chunk: int = CHUNK, stride: int = STRIDE) -> list[np.ndarray]:
+def chunk_windows(clip: np.ndarray, chunk: int = CHUNK, stride: int = STRIDE) -> list[tuple]:
     """transformers' `chunk_iter`: windows of `chunk` samples every `chunk - 2 stride`, up to the one that
-    reaches the end (a window no longer than its left stride is dropped)."""
+    reaches the end (a window no longer than its left stride is dropped), each with its stride
+    (samples, left, right: no left stride on the first, no right one on the last)."""
     if len(clip) <= chunk:
-        return [clip]
+        return [(clip, (len(clip), 0, 0))]
     step = chunk - 2 * stride
     out = []
     for start in range(0, len(clip), step):
-        window = clip[start : start + chunk]
-        if len(window) > (stride if start else 0):
-            out.append(window)
-        if start + chunk >= len(clip):
+        window, last = clip[start : start + chunk], start + chunk >= len(clip)
+        left = stride if start else 0
+        if len(window) > left:
+            out.append((window, (len(window), left, 0 if last else stride)))
+        if last:
             break
     return out
 
@@ -138,6 +174,66 @@ def merge_windows(sequences: list[list[int]]) -> list[int]:
         total += left[: (l0 + l1) // 2]
         left = right[(r0 + r1) // 2 :]
     return total + left
+
+
+def timestamp_chunks(
+    windows: list[list[int]], strides: list[tuple[float, float, float]], *, text_end: int,
+    timestamp_begin: int, precision: float, segment_size: int,
+) -> list[tuple[tuple[float | None, float | None], list[int]]]:  # fmt: skip
+    """transformers' `_decode_asr` with `return_timestamps=True`: a clip's windows' ids (each window with
+    its stride: seconds, left, right) -> [((start, end) seconds, text ids)]. Ids below `text_end` are text,
+    from `timestamp_begin` on timestamps, the rest skipped. A chunk closes at a timestamp unless it lies in
+    a stride; text across windows is merged at its overlaps; a later pass of the seek loop (timestamps going
+    down) is offset by its start."""
+    chunks, span, previous, skip, offset = [], [None, None], [], False, 0.0
+    for tokens, (length, left, right) in zip(windows, strides, strict=True):
+        offset -= left
+        first = left / precision + timestamp_begin if left else timestamp_begin
+        last = _right_stride_timestamp(tokens, timestamp_begin, length - right, precision) if right else None
+        current, top, below, passes = [], 0.0, 0.0, 0.0  # the highest timestamp, the one before, pass offset
+        for i, token in enumerate(tokens):
+            if token < text_end:
+                current.append(token)
+                continue
+            if token < timestamp_begin:
+                continue
+            stamp = float((token - timestamp_begin) * precision)
+            if stamp < top:  # the next pass has started
+                if i >= 2 and not (tokens[i - 1] >= timestamp_begin and tokens[i - 2] >= timestamp_begin):
+                    passes += precision * segment_size
+                else:
+                    top = below
+                    passes += below
+            below, top = top, stamp
+            time = round((token - timestamp_begin) * precision + offset + passes, 2)
+            if last and token >= last:  # inside the right stride: resolved by the next window
+                skip = True
+            elif skip or (previous and token < first):
+                skip = False
+            elif span[0] is None:
+                span[0] = time
+            elif time != span[0]:  # (the same time twice opens, as transformers reads it)
+                chunks.append(((span[0], time), merge_windows([*previous, current])))
+                span, previous, current = [None, None], [], []
+        offset += length - right
+        if current:
+            previous.append(current)
+        elif not any(previous):
+            span, previous = [None, None], []
+    if previous:
+        chunks.append((tuple(span), merge_windows(previous)))
+    return chunks
+
+
+def _right_stride_timestamp(tokens: list[int], timestamp_begin: int, right_start: float, precision: float):
+    """The lowest of a window's last timestamps that lie in its right stride (the last one always counts)."""
+    last = None
+    for token in reversed(tokens):
+        if token >= timestamp_begin:
+            if last is not None and (token - timestamp_begin) * precision < right_start:
+                break
+            last = token
+    return last
 
 
 def check_tokenizer(path: Path, tokenizer: Tokenizer, config: whisper.Config) -> None:
