@@ -153,3 +153,29 @@ def test_two_processes_equal_one_process(task):
     finish(launch(recipe("one", steps=2, mesh={"data": 8}, eval_data=None), cache, 8))
     np.testing.assert_allclose(two, losses(folder / "one"), rtol=1e-6, atol=0)  # 1 float32 ulp apart
     assert len(two) == 2
+
+
+def test_thinker_lora_run_exports_merged_weights(thinker_folder, tmp_path, task):
+    """The tiny Qwen3-Omni Thinker (MoE, router aux loss, one or two clips an example) through the CLI with
+    LoRA on its attention: the run ends, its final/ holds merged attention kernels and untouched others."""
+    from omni_jax.train import models
+    from tests.train.conftest import write_clips
+
+    names = write_clips(tmp_path, (0.6, 0.4))
+    lines = [{"audio": names, "prompt": "Two tones?", "answer": "yes"}, {"audio": names[1], "prompt": "One?", "answer": "one"}]
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
+    recipe = {
+        "model": str(thinker_folder), "train_data": "train.jsonl", "output_dir": "run", "steps": 2,
+        "batch_size": 2, "learning_rate": 1e-2, "checkpoint_every": 2, "freeze": ["audio_encoder"],
+        "length_buckets": [128], "mesh": {"data": 1},
+        "lora": {"rank": 2, "alpha": 4, "targets": ["thinker/layers/attn/*"]},
+    }  # fmt: skip
+    (tmp_path / "thinker.json").write_text(json.dumps(recipe))
+    finish(launch(tmp_path / "thinker.json", task[2], 1))
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2] and all(np.isfinite(r["loss"]) for r in records)
+    base = models.load(thinker_folder).params["thinker"]
+    final = models.load(tmp_path / "run" / "final").params["thinker"]
+    assert not np.array_equal(final["layers"]["attn"]["o"]["kernel"], base["layers"]["attn"]["o"]["kernel"])
+    np.testing.assert_array_equal(final["embed"]["embedding"], base["embed"]["embedding"])
+    np.testing.assert_array_equal(final["layers"]["post_norm"]["scale"], base["layers"]["post_norm"]["scale"])
