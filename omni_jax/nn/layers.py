@@ -58,7 +58,8 @@ def linear(p: dict, x: jax.Array, precision=None) -> jax.Array:
         y = y + p["bias"].astype(y.dtype)
     if "lora_a" in p:
         low = jnp.matmul(x, p["lora_a"].astype(x.dtype), precision=precision)  # ... r
-        y = y + p["lora_scale"].astype(y.dtype) * jnp.matmul(low, p["lora_b"].astype(x.dtype), precision=precision)
+        low = jnp.matmul(low, p["lora_b"].astype(x.dtype), precision=precision)  # ... d_out
+        y = y + p["lora_scale"].astype(y.dtype) * low
     return y
 
 

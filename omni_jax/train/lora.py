@@ -38,7 +38,7 @@ class LoraConfig:
         if not isinstance(self.alpha, int | float) or self.alpha <= 0:
             raise ValueError(f"recipe: lora.alpha must be a positive number, got {self.alpha!r}")
         if not self.targets or not all(isinstance(t, str) for t in self.targets):
-            raise ValueError(f"recipe: lora.targets must be a non-empty list of patterns, got {self.targets!r}")
+            raise ValueError(f"recipe: lora.targets must be a non-empty list of patterns, got {self.targets}")
 
     @property
     def scale(self) -> float:

@@ -45,7 +45,7 @@ class Recipe:
     length_buckets: tuple[int, ...] = DEFAULT_BUCKETS
     router_aux_loss_coef: float | None = None  # None: the checkpoint's (0 unless output_router_logits)
     log_every: int = 1  # steps between TensorBoard / progress-bar updates (metrics.jsonl: every step)
-    lora: LoraConfig | None = None  # {"rank", "alpha", "targets"}: adapters train, the decoder's weights freeze
+    lora: LoraConfig | None = None  # {"rank", "alpha", "targets"}: adapters train, the decoder freezes
 
     def __post_init__(self):
         problems = []
