@@ -94,7 +94,6 @@ def main() -> None:
         model(**batch_t).loss.backward()
         opt.step()
 
-
     family = models.family_of(hf_class=type(model).__name__)
     config, params = from_torch(model)
     batch = {k: jnp.asarray(v)[None] for k, v in family.batch(config, raw).items()}
