@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from common import emit, median_time, parser, row  # noqa: E402
+from common import emit, median_time, paired_median_times, parser, row  # noqa: E402
 
 AUDIO_ID = 31_000
 TEXT = 96  # text tokens per example (prompt + answer); the window adds 750 audio tokens
@@ -77,7 +77,7 @@ def main() -> None:
 
     p = parser(__doc__)
     p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(2)
     model = hf_model()
@@ -93,8 +93,6 @@ def main() -> None:
         opt.zero_grad()
         model(**batch_t).loss.backward()
         opt.step()
-
-    torch_s = median_time(torch_step, warmup=1, repeats=args.repeats)
 
     family = models.family_of(hf_class=type(model).__name__)
     config, params = from_torch(model)
@@ -112,8 +110,9 @@ def main() -> None:
     start = time.perf_counter()
     jax_step()
     compile_s = time.perf_counter() - start
-    jax_s = median_time(jax_step, warmup=1, repeats=args.repeats)
+    jax_s, torch_s = paired_median_times((jax_step, torch_step), warmup=1, repeats=args.repeats)
     ceiling = gemm_ceiling()
+    print(f"load average (1, 5, 15 min) at the end: {os.getloadavg()}", file=sys.stderr)
     flops = step_flops(n_params, tokens)
     name = f"AF3-shaped {n_params / 1e6:.0f}M, b{args.batch} x {tokens // args.batch} tokens"
     emit(

@@ -48,13 +48,18 @@ def conv2d_spec(c_in: int, c_out: int, kernel: tuple[int, int], *, bias: bool = 
 
 
 def linear(p: dict, x: jax.Array, precision=None) -> jax.Array:
-    """x @ kernel (+ bias). x: ... d_in -> ... d_out. A `PackedKernel` runs the CPU panel matmul."""
+    """x @ kernel (+ bias) (+ lora_scale (x @ lora_a) @ lora_b when `p` carries LoRA adapters: training).
+    x: ... d_in -> ... d_out. A `PackedKernel` runs the CPU panel matmul."""
     if isinstance(p["kernel"], PackedKernel):
         y = packed_matmul(x, p["kernel"])
     else:
         y = jnp.matmul(x, p["kernel"].astype(x.dtype), precision=precision)
     if "bias" in p:
         y = y + p["bias"].astype(y.dtype)
+    if "lora_a" in p:
+        low = jnp.matmul(x, p["lora_a"].astype(x.dtype), precision=precision)  # ... r
+        low = jnp.matmul(low, p["lora_b"].astype(x.dtype), precision=precision)  # ... d_out
+        y = y + p["lora_scale"].astype(y.dtype) * low
     return y
 
 

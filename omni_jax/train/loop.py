@@ -23,7 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from omni_jax.nn.params import logical_axes
 from omni_jax.sharding import logical_spec, make_mesh, named_sharding, use_mesh
-from omni_jax.train import models
+from omni_jax.train import lora, models
 from omni_jax.train.checkpoint import Checkpoints, fingerprint
 from omni_jax.train.data import Batches, read_manifest
 from omni_jax.train.export import write_final
@@ -50,6 +50,19 @@ def with_remat(model: models.TrainModel, policy: str | None):
     return dataclasses.replace(
         model.config, **{name: dataclasses.replace(getattr(model.config, name), remat=policy)}
     )
+
+
+def with_lora(model: models.TrainModel, config, recipe: Recipe):
+    """(host params, specs, freeze patterns, always-trained patterns): with `recipe.lora`, adapters beside
+    the targeted decoder linears train and the decoder's own weights freeze (the other parts follow
+    `freeze`)."""
+    specs = model.family.system.param_specs(config)
+    patterns = freeze_patterns(recipe.freeze, model.family)
+    if recipe.lora is None:
+        return model.params, specs, patterns, ()
+    values, adapter_specs = lora.adapters(specs, model.family.decoder, recipe.lora, recipe.seed)
+    merged = merge_params(model.params, values), merge_params(specs, adapter_specs)
+    return *merged, (*patterns, model.family.decoder), lora.ADAPTERS
 
 
 def place_params(params: dict, specs: dict, mesh) -> dict:
@@ -148,9 +161,10 @@ def run(recipe: Recipe, *, resume: bool = False) -> list[dict]:
             evals, model, recipe.batch_size, recipe.grad_accum, shuffle=False, repeat=False, **shards
         )
     mesh = make_mesh(**(recipe.mesh_shape or {"data": jax.device_count()}))
+    host, specs, patterns, train = with_lora(model, config, recipe)
     with use_mesh(mesh):
-        params = place_params(model.params, model.family.system.param_specs(config), mesh)
-        trainable, frozen = split_params(params, freeze_patterns(recipe.freeze, model.family))
+        params = place_params(host, specs, mesh)
+        trainable, frozen = split_params(params, patterns, train)
         tx = optimizer(hp)
         state = jax.jit(lambda t: init_state(t, tx, recipe.seed))(trainable)
         barrier("omni_jax.train checkpoints")
@@ -187,6 +201,7 @@ def run(recipe: Recipe, *, resume: bool = False) -> list[dict]:
                 if log is not None:
                     log.write(record)
             final = host_copy(merge_params(state.params, frozen), mesh)  # collective: before the host work
+            final = lora.merge(final) if recipe.lora else final
         finally:
             ckpts.close()
             if log is not None:

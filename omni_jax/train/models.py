@@ -144,6 +144,7 @@ class Family:
     aux_coef: Callable[[dict], float] = lambda hf_config: 0.0  # HF config -> router aux loss coefficient
     not_trainable: tuple[str, ...] = ()  # parameter paths transformers keeps frozen (requires_grad=False)
     audio_layout: str = "windows"  # windows (AF3: 30-s log-mel windows) | clips (Thinker: padded clips)
+    decoder: str = "decoder"  # the top-level part holding the language model (LoRA's targets)
 
 
 FAMILIES = (
@@ -154,7 +155,7 @@ FAMILIES = (
     Family(
         "qwen3_omni", "Qwen3OmniMoeThinkerForConditionalGeneration", omni_checkpoint.MAPS, thinker,
         thinker.ThinkerConfig, Qwen3OmniProcessor, thinker_sums, thinker_batch, _thinker_aux,
-        audio_layout="clips",
+        audio_layout="clips", decoder="thinker",
     ),
 )  # fmt: skip
 

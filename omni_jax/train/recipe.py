@@ -13,6 +13,7 @@ from pathlib import Path
 
 from omni_jax.sharding import MESH_AXES
 from omni_jax.train.data import DEFAULT_BUCKETS
+from omni_jax.train.lora import LoraConfig
 
 PATH_KEYS = ("model", "train_data", "eval_data", "output_dir")
 
@@ -44,6 +45,7 @@ class Recipe:
     length_buckets: tuple[int, ...] = DEFAULT_BUCKETS
     router_aux_loss_coef: float | None = None  # None: the checkpoint's (0 unless output_router_logits)
     log_every: int = 1  # steps between TensorBoard / progress-bar updates (metrics.jsonl: every step)
+    lora: LoraConfig | None = None  # {"rank", "alpha", "targets"}: adapters train, the decoder freezes
 
     def __post_init__(self):
         problems = []
@@ -80,6 +82,8 @@ class Recipe:
             if not isinstance(values["mesh"], dict):
                 raise ValueError(f"recipe: mesh must be an object of axis -> size, got {values['mesh']!r}")
             values["mesh"] = tuple(values["mesh"].items())
+        if values.get("lora") is not None:
+            values["lora"] = LoraConfig.from_dict(values["lora"])
         for key in ("freeze", "length_buckets"):
             if key in values:
                 values[key] = tuple(values[key])

@@ -87,12 +87,14 @@ def is_frozen(path: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(path, p) or path.startswith(p.rstrip("/") + "/") for p in patterns)
 
 
-def split_params(params: dict, patterns: Sequence[str]) -> tuple[dict, dict]:
-    """(trainable, frozen): two nested dicts holding the leaves each side owns."""
+def split_params(params: dict, patterns: Sequence[str], train: Sequence[str] = ()) -> tuple[dict, dict]:
+    """(trainable, frozen): two nested dicts holding the leaves each side owns; a leaf matching a `train`
+    pattern (fnmatch: LoRA adapters) trains even inside a frozen subtree."""
     trainable: dict = {}
     frozen: dict = {}
     for path, leaf in flatten_paths(params):
-        set_path(frozen if is_frozen(path, patterns) else trainable, path, leaf)
+        frozen_leaf = is_frozen(path, patterns) and not any(fnmatch.fnmatchcase(path, p) for p in train)
+        set_path(frozen if frozen_leaf else trainable, path, leaf)
     if not trainable:
         raise ValueError(f"freeze patterns {list(patterns)} freeze every parameter: nothing to train")
     return trainable, frozen

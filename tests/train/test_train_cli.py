@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from omni_jax.cli import convert as convert_cli
+from omni_jax.cli import train as train_cli
 from omni_jax.train.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,10 +90,7 @@ def test_loss_falls_and_outputs_are_written(reference, af3_folder, tmp_path):
     assert any(p.name.startswith("events.out.tfevents") for p in (reference / "tensorboard").iterdir())
     assert sorted(p.name for p in (reference / "checkpoints").iterdir()) == ["6", "8"]  # keep 2
     hf = tmp_path / "hf"
-    subprocess.run(
-        [sys.executable, "-m", "omni_jax.convert", "to-hf", str(reference / "final"), str(hf), "--quiet"],
-        check=True, env=os.environ | {"PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
+    assert convert_cli.main(["to-hf", str(reference / "final"), str(hf), "--quiet"]) == 0  # in-process
     import transformers
     from safetensors.numpy import load_file
 
@@ -105,7 +104,7 @@ def test_loss_falls_and_outputs_are_written(reference, af3_folder, tmp_path):
     assert not np.array_equal(trained, base[[k for k in base if k.endswith("lm_head.weight")][0]])
 
 
-def test_sigkill_during_save_and_after_checkpoint_then_resume_is_exact(task, reference):
+def test_sigkill_during_save_and_after_checkpoint_then_resume_is_exact(task, reference, capsys):
     folder, recipe, cache = task
     path = recipe("killed", mesh={"data": 1})
     ckpts = folder / "killed" / "checkpoints"
@@ -116,14 +115,8 @@ def test_sigkill_during_save_and_after_checkpoint_then_resume_is_exact(task, ref
     kill_when(proc, lambda: (ckpts / "6").is_dir())
     finish(launch(path, cache, 1, "--resume"))
     assert losses(folder / "killed") == losses(reference)  # bit-exact, metrics appended without repeats
-    out = launch(path, cache, 1)
-    assert "holds checkpoints: pass --resume" in finish_fail(out)
-
-
-def finish_fail(proc):
-    out, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 1, out
-    return out
+    assert train_cli.main(["--config", str(path)]) == 1  # in-process: refused before any compilation
+    assert "holds checkpoints: pass --resume" in capsys.readouterr().err
 
 
 def test_two_processes_equal_one_process(task):
@@ -149,7 +142,35 @@ def test_two_processes_equal_one_process(task):
     for p in procs:
         finish(p)
     two = losses(folder / "multi")
-    (folder / "one").mkdir()
     finish(launch(recipe("one", steps=2, mesh={"data": 8}, eval_data=None), cache, 8))
     np.testing.assert_allclose(two, losses(folder / "one"), rtol=1e-6, atol=0)  # 1 float32 ulp apart
     assert len(two) == 2
+
+
+def test_thinker_lora_run_exports_merged_weights(thinker_folder, tmp_path, task):
+    """The tiny Qwen3-Omni Thinker (MoE, router aux loss, one or two clips an example) through the CLI with
+    LoRA on its attention: the run ends, its final/ holds merged attention kernels and untouched others."""
+    from omni_jax.train import models
+    from tests.train.conftest import write_clips
+
+    names = write_clips(tmp_path, (0.6, 0.4))
+    lines = [
+        {"audio": names, "prompt": "Two tones?", "answer": "yes"},
+        {"audio": names[1], "prompt": "One?", "answer": "one"},
+    ]
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
+    recipe = {
+        "model": str(thinker_folder), "train_data": "train.jsonl", "output_dir": "run", "steps": 2,
+        "batch_size": 2, "learning_rate": 1e-2, "checkpoint_every": 2, "freeze": ["audio_encoder"],
+        "length_buckets": [128], "mesh": {"data": 1},
+        "lora": {"rank": 2, "alpha": 4, "targets": ["thinker/layers/attn/*"]},
+    }  # fmt: skip
+    (tmp_path / "thinker.json").write_text(json.dumps(recipe))
+    finish(launch(tmp_path / "thinker.json", task[2], 1))
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2] and all(np.isfinite(r["loss"]) for r in records)
+    base = models.load(thinker_folder).params["thinker"]
+    final = models.load(tmp_path / "run" / "final").params["thinker"]
+    assert not np.array_equal(final["layers"]["attn"]["o"]["kernel"], base["layers"]["attn"]["o"]["kernel"])
+    np.testing.assert_array_equal(final["embed"]["embedding"], base["embed"]["embedding"])
+    np.testing.assert_array_equal(final["layers"]["post_norm"]["scale"], base["layers"]["post_norm"]["scale"])
