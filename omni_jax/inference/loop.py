@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from omni_jax import sharding, validation
-from omni_jax.inference.engine import StepModel, TokenDecoder, bucket, prepare, run_prefill, run_step
+from omni_jax.inference.engine import StepModel, TokenDecoder, bucket, prepare, run_prefill
 from omni_jax.inference.sampling import GREEDY, Sampling, sample
 from omni_jax.models.decoder import Config
 
@@ -223,7 +223,9 @@ def _generate(model, params, prompt, seen, key, *, batch, max_new, sampling, eos
 
 
 @functools.partial(
-    jax.jit, static_argnames=("model", "size", "sampling", "eos", "pad", "mesh_rules"), donate_argnames="carry"
+    jax.jit,
+    static_argnames=("model", "size", "sampling", "eos", "pad", "mesh_rules"),
+    donate_argnames="carry",
 )
 def _block(model, params, carry, key, stop, *, size, sampling, eos, pad, mesh_rules):
     """Up to `size` decode steps from carry[0] (not past `stop`): (carry, tokens b size, pad past the end)."""

@@ -354,6 +354,19 @@ def stream(
     )  # fmt: skip
 
 
+def stream_blocks(
+    params: dict, config: ThinkerConfig, inputs: dict, *, sizes: tuple[int, ...], max_new_tokens: int,
+    sampling: Sampling = GREEDY, eos_ids: int | tuple[int, ...] = (), pad_id: int | None = None,
+    seed: int = 0,
+) -> Iterator[np.ndarray]:  # fmt: skip
+    """`stream` in blocks b n: step 0, then up to sizes[k] steps per jitted call (the last size repeats)."""
+    embeds, kw = _loop_args(params, config, inputs)
+    return loop.stream_blocks(
+        params["thinker"], config.text, embeds, sizes=sizes, max_new_tokens=max_new_tokens, sampling=sampling,
+        eos_ids=eos_ids, pad_id=pad_id, seed=seed, **kw,
+    )  # fmt: skip
+
+
 @functools.partial(jax.jit, static_argnums=(1, 5))
 def _forward(params, text, embeds, positions, start, hidden_layers, layer_inputs=None):
     out, _ = decoder.forward(
