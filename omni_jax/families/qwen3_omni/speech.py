@@ -542,7 +542,7 @@ class WavStream:
 def thinker_states(params: dict, thinker_config, inputs: dict) -> tuple[jax.Array, jax.Array]:
     """The Thinker's fused input embeddings and its `accept_hidden_layer` output over the prompt (b l D)."""
     layer = system.talker_layers(thinker_config)[1]
-    out = system.forward(params, thinker_config, inputs, hidden_layers=(0, layer))
+    out = system.forward(params, thinker_config, inputs, hidden_layers=(0, layer), logits="none")
     return out.hidden_states[0], out.hidden_states[layer]
 
 

@@ -367,20 +367,24 @@ def stream_blocks(
     )  # fmt: skip
 
 
-@functools.partial(jax.jit, static_argnums=(1, 5))
-def _forward(params, text, embeds, positions, start, hidden_layers, layer_inputs=None):
+@functools.partial(jax.jit, static_argnums=(1, 5, 7))
+def _forward(params, text, embeds, positions, start, hidden_layers, layer_inputs=None, logits="all"):
     out, _ = decoder.forward(
         params, text, embeds, positions=positions, start=start, layer_inputs=layer_inputs,
-        hidden_layers=hidden_layers, logits="all",
+        hidden_layers=hidden_layers, logits=logits,
     )  # fmt: skip
     return out
 
 
-def forward(params: dict, config: ThinkerConfig, inputs: dict, *, hidden_layers: tuple[int, ...] = ()):
-    """Whole-prompt forward without a cache (left padding): decoder.Output with logits b t vocab."""
+def forward(
+    params: dict, config: ThinkerConfig, inputs: dict, *, hidden_layers: tuple[int, ...] = (),
+    logits: str = "all",
+):  # fmt: skip
+    """Whole-prompt forward without a cache (left padding): decoder.Output with logits b t vocab ("none":
+    hidden states only)."""
     p = prepare_prompt(params, config, inputs)
     start = jnp.asarray(left_pad_start(p.attention_mask, np.shape(p.attention_mask)))
     return _forward(
         params["thinker"], config.text, p.embeds, jnp.asarray(p.positions), start, tuple(hidden_layers),
-        p.layer_inputs,
+        p.layer_inputs, logits,
     )  # fmt: skip
