@@ -12,7 +12,8 @@ qwen3_omni.speech).
 Generation stops at `<|im_end|>` (the config's im_end_token_id, transformers' thinker EOS). The talker's
 settings take transformers' stage-prefixed names and defaults (talker_max_new_tokens 4096, talker_do_sample
 True, talker_temperature 0.9, talker_top_k 50, talker_top_p 1.0, talker_repetition_penalty 1.05). On CPU the
-decoders run in `decoder.cpu_layout` (omni_jax.families.base.decode_layout).
+decoders run in `decoder.cpu_layout` (omni_jax.families.base.decode_layout) and Code2Wav with
+unstacked layers (`code2wav.unstack_layers`).
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from omni_jax.families.base import BasePipeline, decode_layout, load_checkpoint
+from omni_jax.families.base import BasePipeline, decode_layout, load_checkpoint, on_one_cpu
 from omni_jax.families.qwen3_omni import speech
 from omni_jax.families.qwen3_omni import system as thinker
 from omni_jax.families.qwen3_omni.checkpoint import MAPS
 from omni_jax.families.qwen3_omni.processor import Qwen3OmniProcessor
 from omni_jax.inference.sampling import GREEDY, Sampling
+from omni_jax.models import code2wav
 from omni_jax.models.code2wav import SAMPLE_RATE
 from omni_jax.processing.common import as_clips, as_requests, check_audio_length
 
@@ -275,7 +277,8 @@ def load(path, *, dtype=None) -> Pipeline:
     if "talker" in params and "code2wav" in params:
         speech_config = speech.SpeechConfig.from_hf(hf_config)
         kept["talker"] = speech.decode_layout(params["talker"], speech_config.talker)
-        kept["code2wav"] = params["code2wav"]
+        c2w = params["code2wav"]
+        kept["code2wav"] = code2wav.unstack_layers(c2w) if on_one_cpu(c2w) else c2w
     return Pipeline(
         config,
         kept,
