@@ -127,7 +127,7 @@ def test_talker_prompt_matches_transformers(model, pipe, clips, case):
     np.testing.assert_array_equal(ours.input_ids, ref["talker_input_ids"].numpy())
     if case == "batch of 2":
         assert not ours.attention_mask.all()  # rows of different user lengths
-    for t in range(1, new.shape[1]):  # the text so far fixes the first t - 1 entries (the talker's early start)
+    for t in range(1, new.shape[1]):  # the text so far fixes the first t - 1 entries (early start)
         early = speech.trailing_ids(pipe.speech, new[:, :t], pipe.eos_ids, finished=False)
         np.testing.assert_array_equal(early, ours.trailing_ids[:, : t - 1])
 
