@@ -2,10 +2,11 @@
 (configs/tiny-qwen3-omni.json, random weights), one 2.5-s clip, greedy thinker and talker.
 
 Rows: talker tokens per second (code predictor included), code predictor ms per frame (15 residual
-codebooks), time to the first audio packet from the end of the prompt (JAX: `pipe.stream` with a 1-frame
-first packet; transformers has no streaming, so its first audio is its whole `generate`), and the real-time
-factor of the whole chain (thinker + talker + Code2Wav wall time / audio seconds). Compilation is excluded
-(warm-up runs first).
+codebooks), time to the first audio packet from the end of the prompt (JAX: `pipe.stream`, whose Talker
+starts after the Thinker's first token, with a 1-frame first packet; transformers has no streaming, so its
+first audio is its whole `generate`), and the real-time factor of the whole chain (thinker + talker + Code2Wav
+wall time / audio seconds; JAX: the whole stream). Compilation is excluded (warm-up runs first); the two sides
+run interleaved, one round each at a time, medians reported; `uptime`'s load average goes to stderr.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from common import emit, median_time, parser, row  # noqa: E402
+from common import emit, parser, row  # noqa: E402
 
 from omni_jax.audio import load_audio  # noqa: E402
 from omni_jax.families.qwen3_omni import pipeline, speech  # noqa: E402
@@ -50,14 +51,15 @@ class Timer:
         setattr(self.owner, self.name, self.fn)
 
 
-def torch_rows(model, inputs, new, talker_new):
+def torch_round(model, inputs, new, talker_new) -> dict:
+    """One transformers generate: talker tokens/s, code predictor ms per frame, first audio (= the whole
+    generate: no streaming), RTF."""
     import torch
 
     given = {k: torch.as_tensor(np.array(v)) for k, v in inputs.items()}
     options = dict(thinker_max_new_tokens=new, thinker_do_sample=False, talker_do_sample=False,
                    talker_max_new_tokens=talker_new, speaker="Ethan")  # fmt: skip
     with torch.inference_mode():
-        model.generate(**given, **options)  # warm-up
         with Timer(model.talker, "generate") as tk, Timer(model.talker.code_predictor, "generate") as cp:
             start = time.perf_counter()
             _, wav = model.generate(**given, **options)
@@ -69,48 +71,38 @@ def torch_rows(model, inputs, new, talker_new):
     )  # fmt: skip
 
 
-def jax_rows(pipe, inputs, new, talker_new, repeats):
+def jax_round(pipe, inputs, new, talker_new) -> dict:
+    """One `pipe.stream` (the Talker starting after the Thinker's first token; first packet 1 frame, then
+    4) timed to its first audio packet and to its end, one talker run and one code-predictor frame."""
     options = dict(
         max_new_tokens=new, return_audio=True, talker_do_sample=False, talker_max_new_tokens=talker_new
     )
-    out = pipe.generate(inputs, **options)  # warm-up (compiles)
-    list(pipe.stream(inputs, packet=4, first_packet=1, **options))
-    total = median_time(lambda: pipe.generate(inputs, **options), warmup=0, repeats=repeats)
-
-    def first_packet():
-        start = time.perf_counter()
-        for event in pipe.stream(inputs, packet=4, first_packet=1, **options):
-            if event.kind == "audio":
-                return time.perf_counter() - start
-
-    first = float(np.median([first_packet() for _ in range(repeats)]))
-    prompt = pipe._talker_prompt(inputs, out.ids, "Ethan")
+    start, first, samples = time.perf_counter(), None, 0
+    for event in pipe.stream(inputs, packet=4, first_packet=1, **options):
+        if event.kind == "audio":
+            first = first or time.perf_counter() - start
+            samples += len(event.data[0])
+    total = time.perf_counter() - start
+    ids = pipe.generate(inputs, max_new_tokens=new)
+    prompt = pipe._talker_prompt(inputs, ids[:, : pipeline._answer_length(ids, pipe.eos_ids)], "Ethan")
     settings = speech.TalkerSettings(do_sample=False)
-    tk, c = pipe.params["talker"], pipe.speech.talker
-
-    def talk():
-        return speech.talk(tk, c, prompt, max_new_tokens=talker_new, settings=settings)
-
-    talk_s = median_time(talk, warmup=1, repeats=repeats)
-    tokens = talk()[0].shape[1]
-    predict = jax.jit(talker.predict_codes, static_argnums=(1, 5))
-    hidden, c0, key = (
-        np.zeros((1, c.body.hidden_size), np.float32),
-        np.zeros((1,), np.int32),
-        jax.random.key(0),
+    start = time.perf_counter()
+    tokens, frames = speech.talk(
+        pipe.params, pipe.speech, prompt, max_new_tokens=talker_new, settings=settings, text_slots=new - 1
     )
-    cp_s = median_time(
-        lambda: predict(tk, c, hidden, c0, key, settings.samplings(c)[1])[0].block_until_ready(),
-        repeats=repeats,
-    )
-    audio_s = len(out.audio[0]) / out.sample_rate
+    talk_s = time.perf_counter() - start
+    c, tk = pipe.speech.talker, pipe.params["talker"]
+    hidden, c0 = np.zeros((1, c.body.hidden_size), np.float32), np.zeros((1,), np.int32)
+    start = time.perf_counter()
+    _predict(tk, c, hidden, c0, jax.random.key(0), settings.samplings(c)[1])[0].block_until_ready()
+    cp_s = time.perf_counter() - start
     return dict(
-        talker_tps=tokens / talk_s,
-        cp_ms=1e3 * cp_s,
-        first=first,
-        rtf=total / audio_s,
-        frames=out.codes[0].shape[1],
-    )
+        talker_tps=tokens.shape[1] / talk_s, cp_ms=1e3 * cp_s, first=first, rtf=total / (samples / 24000),
+        frames=frames.shape[-1],
+    )  # fmt: skip
+
+
+_predict = jax.jit(talker.predict_codes, static_argnums=(1, 5))
 
 
 def main() -> None:
@@ -128,9 +120,15 @@ def main() -> None:
         save_tokenizer_files(folder, "qwen3_omni_moe")
         pipe = pipeline.load(folder)
     inputs = pipe.prepare([load_audio(shipped_speech())[:40_000]], ["What is said?"])
-    ref = torch_rows(model, inputs, args.new, args.talker_new)
-    ours = jax_rows(pipe, inputs, args.new, args.talker_new, args.repeats)
-    note = f"tiny config, {ours['frames']} frames"
+    sides = (lambda: torch_round(model, inputs, args.new, args.talker_new),
+             lambda: jax_round(pipe, inputs, args.new, args.talker_new))  # fmt: skip
+    for side in sides:  # warm-up (compiles)
+        side()
+    print("load:", os.getloadavg(), file=sys.stderr)
+    rounds = [[side() for side in sides] for _ in range(args.repeats)]  # interleaved: torch, JAX, torch, ...
+    print("load:", os.getloadavg(), file=sys.stderr)
+    ref, ours = ({k: float(np.median([r[i][k] for r in rounds])) for k in rounds[0][i]} for i in (0, 1))
+    note = f"tiny config, {int(ours['frames'])} frames"
     rows = [
         row(
             f"talker tokens/s ({note})", ours["talker_tps"], ref["talker_tps"], "tok/s", higher_is_better=True
@@ -142,7 +140,7 @@ def main() -> None:
             1e3 * ref["first"],
             "ms",
         ),
-        row("real-time factor, thinker + talker + code2wav", ours["rtf"], ref["rtf"], "RTF"),
+        row("real-time factor, thinker + talker + code2wav (JAX: streamed)", ours["rtf"], ref["rtf"], "RTF"),
     ]
     emit(rows, args.json)
 

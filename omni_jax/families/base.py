@@ -36,12 +36,13 @@ def load_checkpoint(
 def decode_layout(params: dict, config: decoder.Config) -> dict:
     """The fastest correct decoder layout for the backend: on a single CPU device, `decoder.cpu_layout`
     (unstacked layers, packed kernels); elsewhere the stacked parameters as they are."""
-    if jax.default_backend() != "cpu" or not _on_one_device(params):
-        return params
-    return decoder.cpu_layout(params, config)
+    return decoder.cpu_layout(params, config) if on_one_cpu(params) else params
 
 
-def _on_one_device(params: dict) -> bool:
+def on_one_cpu(params: dict) -> bool:
+    """Every leaf on one CPU device: where the CPU layouts (unstacked layers, packed kernels) pay off."""
+    if jax.default_backend() != "cpu":
+        return False
     return all(len(leaf.sharding.device_set) == 1 for leaf in jax.tree.leaves(params))
 
 

@@ -1,8 +1,9 @@
 """Autoregressive generation over a StepModel (omni_jax.inference.engine).
 
 `generate` runs prefill and the whole decode loop on device (one jitted `lax.while_loop`, which exits early
-once every row has emitted an EOS id); `stream` yields each step's tokens from the jitted prefill/step
-calls. Both return/yield token ids b per step: a row that has finished emits `pad_id` (transformers' rule;
+once every row has emitted an EOS id); `stream` yields each step's tokens as it is chosen, and
+`stream_blocks` / `stream_step_blocks` several steps per jitted call (one host read per block).
+Both return/yield token ids b per step: a row that has finished emits `pad_id` (transformers' rule;
 the EOS itself is emitted). Step i samples with `jax.random.fold_in(PRNGKey(seed), i)`. `generate` and
 `stream` take the decoder's (params, config, inputs); `generate_steps` and `stream_steps` any StepModel.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from omni_jax import sharding, validation
-from omni_jax.inference.engine import StepModel, TokenDecoder, bucket, prepare, run_prefill, run_step
+from omni_jax.inference.engine import StepModel, TokenDecoder, bucket, prepare, run_prefill
 from omni_jax.inference.sampling import GREEDY, Sampling, sample
 from omni_jax.models.decoder import Config
 
@@ -57,6 +59,18 @@ def generate(
 def stream(params: dict, config: Config, inputs: Any, **options: Any) -> Iterator[np.ndarray]:
     """Yield each step's tokens (b,) as soon as they are chosen; the same keyword arguments (checked against
     `generate`'s signature) and tokens as `generate`."""
+    for block in stream_blocks(params, config, inputs, sizes=(1,), **options):
+        yield from block.T
+
+
+stream.__signature__ = inspect.signature(generate).replace(return_annotation=Iterator[np.ndarray])
+
+
+def stream_blocks(
+    params: dict, config: Config, inputs: Any, *, sizes: tuple[int, ...], **options: Any
+) -> Iterator[np.ndarray]:
+    """`stream` in blocks b n: step 0 after the prefill, then up to sizes[k] steps per block (the last size
+    repeats), each block one jitted call (`stream_step_blocks`)."""
     bound = inspect.signature(generate).bind(params, config, inputs, **options)
     bound.apply_defaults()
     a = bound.arguments
@@ -68,13 +82,10 @@ def stream(params: dict, config: Config, inputs: Any, **options: Any) -> Iterato
     prompt = prepare(
         config, inputs, a["attention_mask"], a["positions"], a["layer_inputs"], length - max_new_tokens
     )
-    yield from stream_steps(
-        TokenDecoder(config), params, prompt, seen, max_new_tokens=max_new_tokens, length=length,
-        sampling=sampling, eos_ids=eos, pad_id=pad, seed=a["seed"],
+    yield from stream_step_blocks(
+        TokenDecoder(config), params, prompt, seen, sizes=sizes, max_new_tokens=max_new_tokens,
+        length=length, sampling=sampling, eos_ids=eos, pad_id=pad, seed=a["seed"],
     )  # fmt: skip
-
-
-stream.__signature__ = inspect.signature(generate).replace(return_annotation=Iterator[np.ndarray])
 
 
 def generate_steps(
@@ -91,20 +102,40 @@ def generate_steps(
 
 
 def stream_steps(
-    model: StepModel, params: Any, prompt: Any, seen: jax.Array | None, *, max_new_tokens: int, length: int,
-    sampling: Sampling = GREEDY, eos_ids: tuple[int, ...] = (), pad_id: int = 0, seed: int = 0,
+    model: StepModel, params: Any, prompt: Any, seen: jax.Array | None, **options: Any
+) -> Iterator[np.ndarray]:
+    """Each step's tokens (b,) of `model` on a prepared `prompt`; the same tokens as `generate_steps` (same
+    keyword arguments)."""
+    for block in stream_step_blocks(model, params, prompt, seen, sizes=(1,), **options):
+        yield from block.T
+
+
+def stream_step_blocks(
+    model: StepModel, params: Any, prompt: Any, seen: jax.Array | None, *, sizes: tuple[int, ...],
+    max_new_tokens: int, length: int, sampling: Sampling = GREEDY, eos_ids: tuple[int, ...] = (),
+    pad_id: int = 0, seed: int = 0,
 ) -> Iterator[np.ndarray]:  # fmt: skip
-    """Each step's tokens (b,) of `model` on a prepared `prompt`; the same tokens as `generate_steps`."""
+    """Tokens b n of `model` on a prepared `prompt` block by block: step 0 (b 1) after the prefill, then up
+    to sizes[k] steps per block (the last size repeats; fewer once every row is done), each block one jitted
+    `lax.while_loop` read back once; the same tokens as `generate_steps`."""
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"block sizes must be >= 1 step, got {sizes}")
     b, eos = len(jax.tree.leaves(prompt)[0]), tuple(eos_ids)
     validation.integer("seed", seed)
     step = run_prefill(model, params, prompt, model.init_cache(params, b, length))
     key, done = jax.random.PRNGKey(seed), jnp.zeros((b,), bool)
-    for i in range(max_new_tokens):
-        token, done, seen = _select_jit(step.logits, key, i, seen, done, sampling, eos, pad_id)
-        yield np.asarray(token)
-        if bool(done.all()) or i == max_new_tokens - 1:
+    token, done, seen = _select_jit(step.logits, key, 0, seen, done, sampling, eos, pad_id)
+    yield np.asarray(token)[:, None]
+    carry, i, stop = (jnp.ones((), jnp.int32), token, step.cache, done, seen), 1, jnp.int32(max_new_tokens)
+    for k in itertools.count():
+        if i >= max_new_tokens or bool(carry[3].all()):
             return
-        step = run_step(model, params, model.next_input(params, token), step.cache)
+        carry, block = _block(
+            model, params, carry, key, stop, size=sizes[min(k, len(sizes) - 1)], sampling=sampling,
+            eos=eos, pad=pad_id, mesh_rules=sharding.current(),
+        )  # fmt: skip
+        n, i = int(carry[0]) - i, int(carry[0])
+        yield np.asarray(block)[:, :n]
 
 
 def _settings(
@@ -161,6 +192,24 @@ def _select(logits, key, i, seen, done, sampling, eos, pad):
 _select_jit = jax.jit(_select, static_argnums=(5, 6, 7))
 
 
+def _decode(model, params, key, carry, tokens, offset, stop, sampling, eos, pad):
+    """Decode steps carry[0] .. stop - 1 (fewer once every row is done), step i's tokens written to column
+    i - offset of `tokens`. carry: (i, the previous tokens b, cache, done b, seen)."""
+
+    def cond(state):
+        (i, _, _, done, _), _ = state
+        return (i < stop) & ~done.all()
+
+    def body(state):
+        (i, prev, cache, done, seen), tokens = state
+        out = model.step(params, model.next_input(params, prev), cache)
+        token, done, seen = _select(out.logits, key, i, seen, done, sampling, eos, pad)
+        tokens = jax.lax.dynamic_update_slice_in_dim(tokens, token[:, None], i - offset, axis=1)
+        return (i + 1, token, out.cache, done, seen), tokens
+
+    return jax.lax.while_loop(cond, body, (carry, tokens))
+
+
 @functools.partial(
     jax.jit, static_argnames=("model", "batch", "max_new", "sampling", "eos", "pad", "length", "mesh_rules")
 )
@@ -169,17 +218,19 @@ def _generate(model, params, prompt, seen, key, *, batch, max_new, sampling, eos
     step = model.prefill(params, prompt, model.init_cache(params, batch, length))
     token, done, seen = _select(step.logits, key, 0, seen, jnp.zeros((batch,), bool), sampling, eos, pad)
     tokens = jnp.full((batch, max_new), pad, jnp.int32).at[:, 0].set(token)
+    carry = (jnp.ones((), jnp.int32), token, step.cache, done, seen)
+    return _decode(model, params, key, carry, tokens, 0, max_new, sampling, eos, pad)[1]
 
-    def cond(state):
-        i, _, _, done, _ = state
-        return (i < max_new) & ~done.all()
 
-    def body(state):
-        i, tokens, cache, done, seen = state
-        prev = jax.lax.dynamic_index_in_dim(tokens, i - 1, axis=1, keepdims=False)
-        out = model.step(params, model.next_input(params, prev), cache)
-        token, done, seen = _select(out.logits, key, i, seen, done, sampling, eos, pad)
-        tokens = jax.lax.dynamic_update_slice_in_dim(tokens, token[:, None], i, axis=1)
-        return i + 1, tokens, out.cache, done, seen
-
-    return jax.lax.while_loop(cond, body, (jnp.ones((), jnp.int32), tokens, step.cache, done, seen))[1]
+@functools.partial(
+    jax.jit,
+    static_argnames=("model", "size", "sampling", "eos", "pad", "mesh_rules"),
+    donate_argnames="carry",
+)
+def _block(model, params, carry, key, stop, *, size, sampling, eos, pad, mesh_rules):
+    """Up to `size` decode steps from carry[0] (not past `stop`): (carry, tokens b size, pad past the end)."""
+    del mesh_rules
+    start, b = carry[0], carry[1].shape[0]
+    tokens = jnp.full((b, size), pad, jnp.int32)
+    end = jnp.minimum(stop, start + size)
+    return _decode(model, params, key, carry, tokens, start, end, sampling, eos, pad)

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from omni_jax.convert.keymap import CONV1D, CONV_TRANSPOSE1D, Rule, linear_rules
+from omni_jax.models import decoder
 from omni_jax.models.audio_common import hf_get, sub_config
 from omni_jax.nn.attention import attention
 from omni_jax.nn.layers import (
@@ -298,8 +299,22 @@ def _pre_transformer(
         h, k, v = _layer(lp, config, h, k_cache, v_cache, (cos, sin), mask[None, None])
         return h, (k, v)
 
-    x, (k, v) = jax.lax.scan(layer, x, (p["layers"], kv["k"], kv["v"]))
+    if isinstance(p["layers"], tuple):  # `unstack_layers`: unrolled, no per-call copy of each layer's weights
+        new = []
+        for i, lp in enumerate(p["layers"]):
+            x, kv_i = layer(x, (lp, kv["k"][i], kv["v"][i]))
+            new.append(kv_i)
+        k, v = (jnp.stack(a) for a in zip(*new, strict=True))
+    else:
+        x, (k, v) = jax.lax.scan(layer, x, (p["layers"], kv["k"], kv["v"]))
     return rms_norm(p["norm"], x, config.rms_norm_eps), {"k": k, "v": v}
+
+
+def unstack_layers(params: dict) -> dict:
+    """The same parameters with the pre-transformer's layers as a tuple of per-layer trees: on CPU, XLA then
+    reads each weight once per call instead of copying each layer's slice first (a stream reads all weights
+    at every step)."""
+    return {**params, "pre_transformer": decoder.unstack_layers(params["pre_transformer"])}
 
 
 def _layer(p, config, x, k_cache, v_cache, rope, mask):  # x: b m d; caches: b w-1 kh hd

@@ -88,6 +88,14 @@ def test_forward_parity(decoded, frames):
     assert np.abs(ours).max() <= 1.0
 
 
+def test_unstacked_layers_match_transformers(tiny, decoded):
+    """The CPU layout (pre-transformer layers unrolled) decodes as transformers."""
+    _, config, params = tiny
+    reference, _ = decoded(FRAMES[0])
+    ours = np.asarray(c2w.code2wav(c2w.unstack_layers(params), config, _codes(FRAMES[0])))
+    assert np.abs(reference - ours).max() <= parity.MODULE_ATOL
+
+
 def test_output_length():
     for frames in (1, 2, 6, 300, 701):
         assert c2w.output_length(c2w.Config(), frames) == 1920 * frames - 555

@@ -83,9 +83,7 @@ def _speech_case(model, input_ids, attention_mask, max_new_tokens, *, speaker="E
     ids = core.trim_to(ref_ids, np.asarray(ids), pad)
     talker_max, settings = pipeline.talker_settings({**talker, "talker_do_sample": False})
     prompt = speech.prompt_for(params, config, speech_config, inputs, ids, speaker=speaker, thinker_eos=eos)
-    tokens, frames = speech.talk(
-        params["talker"], speech_config.talker, prompt, max_new_tokens=talker_max, settings=settings
-    )
+    tokens, frames = speech.talk(params, speech_config, prompt, max_new_tokens=talker_max, settings=settings)
     codec_eos = speech_config.talker.codec_id("eos")
     waves = speech.waveforms(params["code2wav"], speech_config.code2wav, tokens, frames, codec_eos)
     lengths = speech.frame_lengths(tokens, frames, codec_eos)

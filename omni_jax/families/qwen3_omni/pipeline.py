@@ -12,7 +12,8 @@ qwen3_omni.speech).
 Generation stops at `<|im_end|>` (the config's im_end_token_id, transformers' thinker EOS). The talker's
 settings take transformers' stage-prefixed names and defaults (talker_max_new_tokens 4096, talker_do_sample
 True, talker_temperature 0.9, talker_top_k 50, talker_top_p 1.0, talker_repetition_penalty 1.05). On CPU the
-decoders run in `decoder.cpu_layout` (omni_jax.families.base.decode_layout).
+decoders run in `decoder.cpu_layout` (omni_jax.families.base.decode_layout) and Code2Wav with
+unstacked layers (`code2wav.unstack_layers`).
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from omni_jax.families.base import BasePipeline, decode_layout, load_checkpoint
+from omni_jax.families.base import BasePipeline, decode_layout, load_checkpoint, on_one_cpu
 from omni_jax.families.qwen3_omni import speech
 from omni_jax.families.qwen3_omni import system as thinker
 from omni_jax.families.qwen3_omni.checkpoint import MAPS
 from omni_jax.families.qwen3_omni.processor import Qwen3OmniProcessor
 from omni_jax.inference.sampling import GREEDY, Sampling
+from omni_jax.models import code2wav
 from omni_jax.models.code2wav import SAMPLE_RATE
 from omni_jax.processing.common import as_clips, as_requests, check_audio_length
 
@@ -134,8 +136,8 @@ class Pipeline(BasePipeline):
         if not return_audio:
             return ids
         tokens, frames = speech.talk(
-            self.params["talker"], self.speech.talker, self._talker_prompt(inputs, ids, speaker),
-            max_new_tokens=talker_max, settings=settings, seed=seed,
+            self.params, self.speech, self._talker_prompt(inputs, ids, speaker), max_new_tokens=talker_max,
+            settings=settings, seed=seed, text_slots=max_new_tokens - 1,
         )  # fmt: skip
         eos = self.speech.talker.codec_id("eos")
         audio = speech.waveforms(self.params["code2wav"], self.speech.code2wav, tokens, frames, eos)
@@ -147,9 +149,12 @@ class Pipeline(BasePipeline):
         return_audio: bool = False, speaker: str = "Ethan", packet: int = 4, first_packet: int = 1,
         **talker_options: Any,
     ) -> Iterator:  # fmt: skip
-        """Without return_audio, each step's tokens (b,) as they are chosen. With it, `Event`s: the Thinker's
-        text deltas, then audio packets (`packet` frames, the first `first_packet`) whose concatenation per
-        row equals `generate(..., return_audio=True).audio`. Bad settings fail here, before any work."""
+        """Without return_audio, each step's tokens (b,) as they are chosen. With it, `Event`s as they come:
+        the Thinker's text deltas interleaved with audio packets (`packet` frames, the first `first_packet`)
+        whose concatenation per row equals `generate(..., return_audio=True).audio`. The Talker starts after
+        the Thinker's first token and follows it (talker step f needs text ids 0..f): the Thinker decodes
+        `first_packet`, then `packet` tokens per jitted call, the Talker as many steps as they allow.
+        Bad settings fail here, before any work."""
         if not return_audio:
             return super().stream(inputs, max_new_tokens=max_new_tokens, sampling=sampling, seed=seed)
         talker_max, settings = self._check_speech(return_audio, speaker, talker_options)
@@ -161,31 +166,41 @@ class Pipeline(BasePipeline):
         return self._speech_events(inputs, options, speaker, talker_max, settings, packet, first_packet)
 
     def _speech_events(self, inputs, options, speaker, talker_max, settings, packet, first_packet):
-        steps, shown = [], None
-        for token in super().stream(inputs, **options):
-            steps.append(token)  # incomplete characters (U+FFFD at the end) wait for their next token
-            texts = [t.rstrip("\ufffd") for t in self.decode(np.stack(steps, 1))]
-            shown = yield from _text_event(shown, texts)
-        ids = np.stack(steps, 1)[:, : _answer_length(np.stack(steps, 1), self.eos_ids)]
-        yield from _text_event(shown, self.decode(ids))
-        prompt = self._talker_prompt(inputs, ids, speaker)
-        eos = self.speech.talker.codec_id("eos")
+        max_new, eos = options["max_new_tokens"], self.eos_ids
+        blocks = thinker.stream_blocks(
+            self.params, self.config, inputs, sizes=(first_packet, packet), **self._options(inputs, **options)
+        )
+        ids = next(blocks)
+        shown = yield from _text_event(None, self._partial_text(ids))
+        ended = _thinker_finished(ids, eos, max_new)
+        prompt = self._talker_prompt(inputs, ids, speaker, finished=ended)
+        run = speech.TalkerRun(
+            self.params, self.speech, prompt, max_new_tokens=talker_max, settings=settings,
+            seed=options["seed"], text_slots=max_new - 1,
+        )  # fmt: skip
         wav = speech.WavStream(
             self.params["code2wav"], self.speech.code2wav, len(ids), packet=packet, first_packet=first_packet
         )
-        talk = speech.talk_stream(
-            self.params["talker"], self.speech.talker, prompt, max_new_tokens=talker_max, settings=settings,
-            seed=options["seed"],
-        )  # fmt: skip
-        ended = np.zeros(len(ids), bool)
-        for i, (token, frame) in enumerate(talk):
-            for row in np.flatnonzero((token == eos) & ~ended):  # a row's frames before its codec_eos count
-                wav.end_row(int(row), i)
-            ended |= token == eos
-            if frame is not None and (chunk := wav.push(frame)) is not None:
-                yield Event("audio", chunk)
+        steps, silent, codec_eos = first_packet, np.zeros(len(ids), bool), self.speech.talker.codec_id("eos")
+        while not (run.finished and ended):
+            trailing = speech.trailing_ids(self.speech, ids, eos, finished=ended)
+            if not run.finished and run.allowed(trailing.shape[1], ended) > run.read:
+                tokens, frames = run.advance(trailing, finished=ended, steps=steps)
+                steps = packet
+                first = run.read - tokens.shape[1]
+                if (chunk := _push_frames(wav, tokens, frames, first, silent, codec_eos)) is not None:
+                    yield Event("audio", chunk)
+                continue
+            ids = np.concatenate([ids, next(blocks)], axis=1)
+            ended = _thinker_finished(ids, eos, max_new)
+            texts = self.decode(ids) if ended else self._partial_text(ids)
+            shown = yield from _text_event(shown, texts)
         if (chunk := wav.flush()) is not None:
             yield Event("audio", chunk)
+
+    def _partial_text(self, ids: np.ndarray) -> list[str]:
+        """Text so far; incomplete characters (U+FFFD at the end) wait for their next token."""
+        return [t.rstrip("\ufffd") for t in self.decode(ids)]
 
     def _check_speech(self, return_audio: bool, speaker: str, options: dict):
         if not return_audio:
@@ -200,10 +215,11 @@ class Pipeline(BasePipeline):
         self.speech.talker.speaker_id(speaker)
         return talker_settings(options)
 
-    def _talker_prompt(self, inputs: dict, ids: np.ndarray, speaker: str) -> speech.TalkerPrompt:
+    def _talker_prompt(self, inputs: dict, ids: np.ndarray, speaker: str, finished: bool = True):
         return speech.prompt_for(
-            self.params, self.config, self.speech, inputs, ids, speaker=speaker, thinker_eos=self.eos_ids
-        )
+            self.params, self.config, self.speech, inputs, ids, speaker=speaker, thinker_eos=self.eos_ids,
+            finished=finished,
+        )  # fmt: skip
 
 
 def _text_event(shown: list[str] | None, texts: list[str]):
@@ -212,6 +228,25 @@ def _text_event(shown: list[str] | None, texts: list[str]):
     if any(t != b for t, b in zip(texts, before, strict=True)):
         yield Event("text", [t[len(b) :] for t, b in zip(texts, before, strict=True)])
     return texts
+
+
+def _push_frames(wav, tokens: np.ndarray, frames: np.ndarray, first: int, silent: np.ndarray, eos: int):
+    """Feed a talker run to `wav`: talker step i (i >= first) chose tokens[:, i - first] and completed frame
+    i - 1; a row whose token is codec_eos keeps its frames before it (`silent` marks those rows, updated).
+    -> the packets decoded, joined per row, or None."""
+    chunks = []
+    for j in range(tokens.shape[1]):
+        for r in np.flatnonzero((tokens[:, j] == eos) & ~silent):
+            wav.end_row(int(r), first + j)
+        silent |= tokens[:, j] == eos
+        if first + j > 0 and (chunk := wav.push(frames[:, :, j - (first == 0)])) is not None:
+            chunks.append(chunk)
+    return None if not chunks else [np.concatenate(c) for c in zip(*chunks, strict=True)]
+
+
+def _thinker_finished(ids: np.ndarray, eos_ids, max_new: int) -> bool:
+    """The Thinker stops once every row has emitted an EOS, or at max_new tokens."""
+    return ids.shape[1] >= max_new or bool(np.isin(ids, eos_ids).any(1).all())
 
 
 def _answer_length(ids: np.ndarray, eos_ids) -> int:
@@ -242,7 +277,8 @@ def load(path, *, dtype=None) -> Pipeline:
     if "talker" in params and "code2wav" in params:
         speech_config = speech.SpeechConfig.from_hf(hf_config)
         kept["talker"] = speech.decode_layout(params["talker"], speech_config.talker)
-        kept["code2wav"] = params["code2wav"]
+        c2w = params["code2wav"]
+        kept["code2wav"] = code2wav.unstack_layers(c2w) if on_one_cpu(c2w) else c2w
     return Pipeline(
         config,
         kept,

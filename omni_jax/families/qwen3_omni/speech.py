@@ -3,14 +3,16 @@ as transformers' `Qwen3OmniMoeForConditionalGeneration.generate` (spec qwen3_omn
 
     config = SpeechConfig.from_hf(hf_config)
     prompt = talker_prompt(params, config, input_ids, mask, embeds, hidden, new_ids, "ethan", eos)
-    tokens, frames = talk(params["talker"], config.talker, prompt, max_new_tokens=4096)  # codes b G n-1
+    tokens, frames = talk(params, config, prompt, max_new_tokens=4096)  # codes b G n-1
     waves = waveforms(params["code2wav"], config.code2wav, tokens, frames, eos)  # one 24-kHz array per row
 
 `Talker` is the engine's StepModel for the talker: one step = the code predictor's 15 residual codebooks of
 the frame just chosen (a `lax.scan` over its own G-slot cache) + the sum of the G group embeddings + the
-trailing text + one talker decode step. `talk` runs it on device (one `lax.while_loop`), `talk_stream` one
-jitted step at a time. `WavStream` turns frames into audio packets with Code2Wav's streaming mode and
-reproduces `chunked_decode`'s 300-frame schedule, so the packets join to the one-shot waveform.
+trailing text (text_projection of the Thinker's embedding of one id) + one talker decode step. Talker step f
+needs only the Thinker's ids 0..f (`trailing_ids`), so `TalkerRun` can start after the Thinker's first token
+and advance, in on-device `lax.while_loop` runs, as far as the text so far allows (`talk` runs it to the
+end at once). `WavStream` turns frames into audio packets with Code2Wav's streaming mode and reproduces
+`chunked_decode`'s 300-frame schedule, so the packets join to the one-shot waveform.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import jax
@@ -105,24 +106,51 @@ class TalkerPrompt(NamedTuple):
     embeds: jax.Array  # b u+9 d: user turns, then the 9-position assistant part
     attention_mask: np.ndarray  # b u+9 bool (user parts right-aligned)
     input_ids: np.ndarray  # b u+9: user ids then tts_pad (3-D positions only)
-    trailing: jax.Array  # b T-1 d: text_1 .. and tts_eos / tts_pad, one per decode step
-    pad: jax.Array  # d: tts_pad_embed, fed once the trailing text is used up
+    trailing_ids: np.ndarray  # b k: thinker ids of the trailing text known so far (`trailing_ids`)
+    text_pad: int  # tts_pad's thinker id, fed once the trailing text is used up
+
+
+def talker_params(params: dict) -> dict:
+    """The talker's parameters with the Thinker's token embedding table ("text_table"): the trailing text
+    enters the talker through text_projection of it."""
+    return {**params["talker"], "text_table": params["thinker"]["embed"]["embedding"]}
+
+
+def text_embeds(params: dict, config: talker.TalkerConfig, ids: Any) -> jax.Array:
+    """text_projection of the Thinker's token embeddings: ids ... -> ... d (params: `talker_params`)."""
+    return talker.project(params["text_projection"], config, jnp.take(params["text_table"], ids, axis=0))
+
+
+def trailing_ids(config: SpeechConfig, generated: Any, thinker_eos: tuple[int, ...], *, finished: bool):
+    """Thinker ids of the trailing text (spec D.3.4) for the t ids generated so far (b t) -> b t-1: entry j
+    is text_{j+1}; tts_eos at a row's first EOS j = e and, once the Thinker has `finished`, at the last entry;
+    tts_pad past e. Entries never change as more ids come, so talker step f needs only ids 0..f."""
+    gen = np.asarray(generated)
+    ended = np.isin(gen, thinker_eos)
+    first = np.where(ended.any(1), ended.argmax(1), gen.shape[1])[:, None]
+    ids = gen[:, 1:].copy()
+    if finished and ids.shape[1]:
+        ids[:, -1] = config.token("tts_eos")
+    j = np.arange(ids.shape[1])[None]
+    ids = np.where(j == first, config.token("tts_eos"), ids)
+    return np.where(j > first, config.token("tts_pad"), ids).astype(np.int32)
 
 
 def talker_prompt(
     params: dict, config: SpeechConfig, input_ids: Any, attention_mask: Any, embeds: Any, hidden: Any,
-    generated: Any, speaker: str, thinker_eos: tuple[int, ...],
+    generated: Any, speaker: str, thinker_eos: tuple[int, ...], *, finished: bool = True,
 ) -> TalkerPrompt:  # fmt: skip
     """The talker's inputs as transformers builds them: user turns (placeholders through hidden_projection of
     the Thinker's `hidden` b l D, text through text_projection of the fused `embeds` b l D), the assistant
     header + codec control ids + speaker + first text token, and the trailing text of the `generated` ids
-    b T (pad after a row's EOS) with its batch fix-up. `params` holds "thinker" and "talker"."""
+    b t (pad after a row's EOS; all T of them once the Thinker has `finished`, else those so far: the prompt
+    needs only the first). `params` holds "thinker" and "talker"."""
     tc, tp = config.talker, params["talker"]
     ids, gen = np.asarray(input_ids), np.asarray(generated)
     mask = np.ones(ids.shape, bool) if attention_mask is None else np.asarray(attention_mask).astype(bool)
     speaker_id = tc.speaker_id(speaker)
     (b, length), steps = ids.shape, gen.shape[1]
-    if steps < 2:
+    if steps < (2 if finished else 1):
         raise ValueError(f"the thinker produced {steps} token(s); speech needs at least 2 (text and EOS)")
 
     positions = np.arange(length)
@@ -138,14 +166,12 @@ def talker_prompt(
     )
     if not len(header):
         raise ValueError("input_ids have no '<|im_start|>assistant' header (add_generation_prompt=True)")
-    ended = np.isin(gen, thinker_eos)
     codec_ids = [tc.codec_id(n) for n in ("nothink", "think_bos", "think_eos")]
     codec_ids += [speaker_id, tc.codec_id("pad"), tc.codec_id("bos")]
-    embeds, trailing, pad = _assemble(
+    embeds = _assemble(
         tp, tc, params["thinker"]["embed"]["embedding"], jnp.asarray(embeds), jnp.asarray(hidden),
-        np.isin(ids, config.multimodal_ids), order, gen[:, : steps - 1],
-        np.asarray([config.token(n) for n in ("tts_bos", "tts_eos", "tts_pad")]), np.asarray(codec_ids),
-        np.where(ended.any(1), ended.argmax(1), steps), int(header[-1]),
+        np.isin(ids, config.multimodal_ids), order, gen[:, :1],
+        np.asarray([config.token(n) for n in ("tts_bos", "tts_pad")]), np.asarray(codec_ids), int(header[-1]),
     )  # fmt: skip
     return TalkerPrompt(
         embeds=embeds,
@@ -155,15 +181,15 @@ def talker_prompt(
         input_ids=np.concatenate(
             [np.take_along_axis(ids, order, 1), np.full((b, 9), config.token("tts_pad"))], 1
         ),
-        trailing=trailing,
-        pad=pad,
+        trailing_ids=trailing_ids(config, gen, thinker_eos, finished=finished),
+        text_pad=config.token("tts_pad"),
     )
 
 
-@functools.partial(jax.jit, static_argnums=(1, 11))
-def _assemble(tp, tc, table, embeds, hidden, media, order, new, special, codec_ids, first_eos, header):
-    """The talker prompt's arrays: user part (b u d), assistant part (b 9 d), trailing text (b T-1 d) and
-    tts_pad_embed (d). embeds, hidden: b l D over the prompt; new: b T-1 generated ids fed to the Thinker."""
+@functools.partial(jax.jit, static_argnums=(1, 10))
+def _assemble(tp, tc, table, embeds, hidden, media, order, first, special, codec_ids, header):
+    """The talker prompt embeddings: user part (b u d), then the assistant part (b 9 d). embeds, hidden: b l D
+    over the prompt; first: b 1 the first generated ids."""
 
     def text(x):
         return talker.project(tp["text_projection"], tc, x)
@@ -172,17 +198,13 @@ def _assemble(tp, tc, table, embeds, hidden, media, order, new, special, codec_i
         full = jnp.where(media[..., None], talker.project(tp["hidden_projection"], tc, hidden), text(embeds))
         user = jnp.take_along_axis(full, order[..., None], axis=1)  # b u d
         answer = text(
-            jnp.concatenate([embeds[:, header:], jnp.take(table, new, axis=0).astype(embeds.dtype)], 1)
+            jnp.concatenate([embeds[:, header:], jnp.take(table, first, axis=0).astype(embeds.dtype)], 1)
         )
-        bos, eos, pad = text(jnp.take(table, special, axis=0))
+        bos, pad = text(jnp.take(table, special, axis=0))
         (b, _, d), fill = answer.shape, lambda v, n: jnp.broadcast_to(v, (b, n, d))
         text_part = jnp.concatenate([answer[:, :3], fill(pad, 4), fill(bos, 1), answer[:, 3:4]], 1)
         codec = jnp.concatenate([jnp.zeros((3, d), answer.dtype), talker.codec_embed(tp, codec_ids)])
-        trailing = jnp.concatenate([answer[:, 4:], fill(eos, 1)], 1)  # b T-1 d
-        j = jnp.arange(trailing.shape[1])[None, :, None]
-        first_eos = first_eos[:, None, None]
-        trailing = jnp.where(j > first_eos, pad, jnp.where(j == first_eos, eos, trailing))
-    return jnp.concatenate([user, text_part + codec[None]], 1), trailing, pad
+    return jnp.concatenate([user, text_part + codec[None]], 1)
 
 
 # ---------------------------------------------------------------- the Talker as a StepModel
@@ -203,8 +225,8 @@ def decode_layout(params: dict, config: talker.TalkerConfig) -> dict:
 class TalkerState:
     kv: KVCache
     hidden: jax.Array  # b d: final-normed hidden of the last position
-    trailing: jax.Array  # b n d
-    pad: jax.Array  # d
+    text: jax.Array  # b S int32: thinker ids of the trailing text (slots past text_len unused)
+    text_len: jax.Array  # () int32: trailing entries; later steps feed tts_pad
     step: jax.Array  # () int32: frames fed so far (transformers' generation_step)
     key: jax.Array  # the code predictor's key (step i draws with fold_in(key, i))
     codes: jax.Array  # b G int32: the frame the last step fed
@@ -212,18 +234,18 @@ class TalkerState:
 
 class Prefill(NamedTuple):
     prompt: engine.Prompt  # bucketed embeddings
-    trailing: jax.Array
-    pad: jax.Array
     key: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
 class Talker:
-    """The talker (omni_jax.models.talker) as an engine StepModel; `predictor` is the code predictor's
-    selection."""
+    """The talker (omni_jax.models.talker) as an engine StepModel over `talker_params`; `predictor` is the
+    code predictor's selection, `text_pad` tts_pad's thinker id, `text_slots` the trailing text's capacity."""
 
     config: talker.TalkerConfig
-    predictor: Sampling = Sampling()
+    predictor: Sampling
+    text_pad: int
+    text_slots: int
 
     def init_cache(self, params: dict, batch: int, length: int) -> TalkerState:
         c = self.config
@@ -231,7 +253,8 @@ class Talker:
         d = c.body.hidden_size
         return TalkerState(
             init_cache(c.body, batch, length, dtype), jnp.zeros((batch, d), dtype),
-            jnp.zeros((batch, 0, d), dtype), jnp.zeros((d,), dtype), jnp.zeros((), jnp.int32),
+            jnp.zeros((batch, self.text_slots), jnp.int32), jnp.zeros((), jnp.int32),
+            jnp.zeros((), jnp.int32),
             jax.random.PRNGKey(0), jnp.zeros((batch, c.num_code_groups), jnp.int32),
         )  # fmt: skip
 
@@ -241,10 +264,8 @@ class Talker:
         out, kv = decoder.forward(params["model"], self.config.body, inputs, cache=kv, logits="none")
         kv = dataclasses.replace(kv, next_pos=(inputs.shape[1] - start).astype(jnp.float32))
         hidden = out.hidden[:, -1]
-        state = dataclasses.replace(
-            state, kv=kv, hidden=hidden, trailing=prompt.trailing.astype(hidden.dtype),
-            pad=prompt.pad.astype(hidden.dtype), step=jnp.zeros((), jnp.int32), key=prompt.key,
-        )  # fmt: skip
+        step = jnp.zeros((), jnp.int32)
+        state = dataclasses.replace(state, kv=kv, hidden=hidden, step=step, key=prompt.key)
         return engine.Step(talker.codec_logits(params, hidden), state, {})
 
     def step(self, params: dict, inputs: jax.Array, state: TalkerState) -> engine.Step:
@@ -252,10 +273,9 @@ class Talker:
         c0 = inputs[:, 0]
         key = jax.random.fold_in(state.key, state.step)
         codes, feedback = talker.predict_codes(params, self.config, state.hidden, c0, key, self.predictor)
-        n = state.trailing.shape[1]
-        text = state.trailing[:, jnp.minimum(state.step, max(n - 1, 0))] if n else state.pad[None]
-        text = jnp.where(state.step < n, text, state.pad)
-        x = (feedback + text)[:, None]
+        entry = state.text[:, jnp.minimum(state.step, self.text_slots - 1)]
+        text = text_embeds(params, self.config, jnp.where(state.step < state.text_len, entry, self.text_pad))
+        x = (feedback + text.astype(feedback.dtype))[:, None]
         out, kv = decoder.forward(
             params["model"], self.config.body, x, cache=state.kv, positions=state.kv.next_pos[:, None],
             logits="none",
@@ -281,9 +301,8 @@ def _prefill_args(config: talker.TalkerConfig, prompt: TalkerPrompt, max_new_tok
         config.body, prompt.embeds, prompt.attention_mask, None, None, length - max_new_tokens
     )
     key = jax.random.PRNGKey(seed)
-    prefill = Prefill(bucketed, prompt.trailing, prompt.pad, jax.random.fold_in(key, 1))
     ignore = jnp.asarray((~prompt.attention_mask).sum(1), jnp.int32)  # transformers' prompt_ignore_length
-    return prefill, length, ignore, jax.random.fold_in(key, 0)
+    return Prefill(bucketed, jax.random.fold_in(key, 1)), length, ignore, jax.random.fold_in(key, 0)
 
 
 def _choose(logits, key, i, seen, done, ignore, sampling: Sampling, eos: int):
@@ -295,84 +314,116 @@ def _choose(logits, key, i, seen, done, ignore, sampling: Sampling, eos: int):
     return token, done | (token == eos), seen
 
 
-_choose_jit = jax.jit(_choose, static_argnums=(6, 7))
-
-
-def _seen(config: talker.TalkerConfig, sampling: Sampling, batch: int):
-    return None if sampling.repetition_penalty == 1.0 else jnp.zeros((batch, config.body.vocab_size), bool)
+class TalkCarry(NamedTuple):
+    i: jax.Array  # () tokens chosen so far
+    tokens: jax.Array  # b max_new group-0 codes (codec_eos past the end)
+    frames: jax.Array  # b G max_new: frame i-1 completed by step i
+    state: TalkerState
+    done: jax.Array  # b
+    seen: jax.Array | None  # b vocab, for the repetition penalty
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new", "sampling", "length"))
-def _talk(model, params, prefill, ignore, key, *, max_new, sampling, length):
+def _talk_start(model, params, prefill, ignore, key, *, max_new, sampling, length) -> TalkCarry:
+    """The talker prefill and its group-0 codes (step 0)."""
     c = model.config
     eos, b = c.codec_id("eos"), prefill.prompt.inputs.shape[0]
     step = model.prefill(params, prefill, model.init_cache(params, b, length))
-    token, done, seen = _choose(
-        step.logits, key, 0, _seen(c, sampling, b), jnp.zeros((b,), bool), ignore, sampling, eos
-    )
+    seen = None if sampling.repetition_penalty == 1.0 else jnp.zeros((b, c.body.vocab_size), bool)
+    token, done, seen = _choose(step.logits, key, 0, seen, jnp.zeros((b,), bool), ignore, sampling, eos)
     tokens = jnp.full((b, max_new), eos, jnp.int32).at[:, 0].set(token)
     frames = jnp.zeros((b, c.num_code_groups, max_new), jnp.int32)
+    return TalkCarry(jnp.ones((), jnp.int32), tokens, frames, step.cache, done, seen)
 
-    def cond(carry):
-        return (carry[0] < max_new) & ~carry[4].all()
 
-    def body(carry):
-        i, tokens, frames, state, done, seen = carry
-        prev = jax.lax.dynamic_index_in_dim(tokens, i - 1, axis=1, keepdims=False)
-        out = model.step(params, model.next_input(params, prev), state)
-        frames = jax.lax.dynamic_update_slice_in_dim(frames, out.cache.codes[..., None], i - 1, axis=2)
-        token, done, seen = _choose(out.logits, key, i, seen, done, ignore, sampling, eos)
-        tokens = jax.lax.dynamic_update_slice_in_dim(tokens, token[:, None], i, axis=1)
-        return i + 1, tokens, frames, out.cache, done, seen
+@functools.partial(jax.jit, static_argnames=("model", "sampling"), donate_argnames="carry")
+def _talk_run(model, params, carry, text, text_len, stop, ignore, key, *, sampling) -> TalkCarry:
+    """Talker steps carry.i .. stop - 1 on device (fewer once every row has emitted codec_eos), with the
+    trailing text ids `text` b S of which `text_len` are set."""
+    eos = model.config.codec_id("eos")
+    carry = carry._replace(state=dataclasses.replace(carry.state, text=text, text_len=text_len))
 
-    i, tokens, frames, *_ = jax.lax.while_loop(
-        cond, body, (jnp.ones((), jnp.int32), tokens, frames, step.cache, done, seen)
-    )
-    return i, tokens, frames
+    def cond(c):
+        return (c.i < stop) & ~c.done.all()
+
+    def body(c):
+        prev = jax.lax.dynamic_index_in_dim(c.tokens, c.i - 1, axis=1, keepdims=False)
+        out = model.step(params, model.next_input(params, prev), c.state)
+        frames = jax.lax.dynamic_update_slice_in_dim(c.frames, out.cache.codes[..., None], c.i - 1, axis=2)
+        token, done, seen = _choose(out.logits, key, c.i, c.seen, c.done, ignore, sampling, eos)
+        tokens = jax.lax.dynamic_update_slice_in_dim(c.tokens, token[:, None], c.i, axis=1)
+        return TalkCarry(c.i + 1, tokens, frames, out.cache, done, seen)
+
+    return jax.lax.while_loop(cond, body, carry)
+
+
+class TalkerRun:
+    """Talker generation on device, advanced in runs as the Thinker's text comes: the prefill needs only the
+    Thinker's first id, step f its ids 0..f. The runs give the same tokens and frames as one run to the end.
+
+        run = TalkerRun(params, config, prompt, max_new_tokens=4096, text_slots=T_max - 1)
+        tokens, frames = run.advance(trailing_ids(...), finished=False, steps=4)  # new b n, b G n'
+    """
+
+    def __init__(
+        self, params: dict, config: SpeechConfig, prompt: TalkerPrompt, *, max_new_tokens: int,
+        settings: TalkerSettings = TalkerSettings(), seed: int = 0, text_slots: int | None = None,
+    ):  # fmt: skip
+        """params: the whole model's ("thinker" and "talker"); text_slots: at least the Thinker's final
+        number of ids - 1 (default: the prompt's trailing text, i.e. a finished Thinker)."""
+        tc = config.talker
+        self.sampling, predictor = settings.samplings(tc)
+        prefill, length, self.ignore, self.key = _prefill_args(tc, prompt, max_new_tokens, seed)
+        slots = max(1, prompt.trailing_ids.shape[1] if text_slots is None else text_slots)
+        self.model = Talker(tc, predictor, prompt.text_pad, slots)
+        self.params, self.max_new = talker_params(params), max_new_tokens
+        self.carry = _talk_start(
+            self.model, self.params, prefill, self.ignore, self.key, max_new=max_new_tokens,
+            sampling=self.sampling, length=length,
+        )  # fmt: skip
+        self.text = np.full((len(prompt.embeds), slots), prompt.text_pad, np.int32)
+        self.read, self.finished = 0, bool(self.carry.done.all()) or max_new_tokens == 1
+
+    def allowed(self, trailing: int, thinker_finished: bool) -> int:
+        """Tokens the talker may have chosen once `trailing` entries are known."""
+        return self.max_new if thinker_finished else min(self.max_new, trailing + 1)
+
+    def advance(
+        self, trailing: np.ndarray, *, finished: bool, steps: int
+    ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """Up to `steps` talker steps that the trailing text ids b k (`trailing_ids`; all of them once the
+        Thinker has `finished`) determine -> the group-0 tokens b n chosen since the last call (the first
+        call: from step 0) and the frames b G n' they completed."""
+        k = trailing.shape[1]
+        if k > self.text.shape[1]:
+            raise ValueError(f"trailing text of {k} ids exceeds the talker's {self.text.shape[1]} slots")
+        self.text[:, :k] = trailing
+        i = int(self.carry.i)
+        stop = min(self.allowed(k, finished), i + steps)
+        if not self.finished and stop > i:
+            self.carry = _talk_run(
+                self.model, self.params, self.carry, jnp.asarray(self.text), jnp.int32(k), jnp.int32(stop),
+                self.ignore, self.key, sampling=self.sampling,
+            )  # fmt: skip
+        end = int(self.carry.i)
+        self.finished = end >= self.max_new or bool(self.carry.done.all())
+        start, self.read = self.read, end
+        tokens = np.asarray(self.carry.tokens)[:, start:end]
+        return tokens, np.asarray(self.carry.frames)[:, :, max(start - 1, 0) : end - 1]
 
 
 def talk(
-    params: dict, config: talker.TalkerConfig, prompt: TalkerPrompt, *, max_new_tokens: int,
-    settings: TalkerSettings = TalkerSettings(), seed: int = 0,
+    params: dict, config: SpeechConfig, prompt: TalkerPrompt, *, max_new_tokens: int,
+    settings: TalkerSettings = TalkerSettings(), seed: int = 0, text_slots: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Talker generation on device: (group-0 tokens b n, frames b G n-1); n stops once every row has emitted
-    codec_eos or at max_new_tokens; the last token never gets residual codes (transformers' rule)."""
-    sampling, predictor = settings.samplings(config)
-    prefill, length, ignore, key = _prefill_args(config, prompt, max_new_tokens, seed)
-    n, tokens, frames = _talk(
-        Talker(config, predictor),
-        params,
-        prefill,
-        ignore,
-        key,
-        max_new=max_new_tokens,
-        sampling=sampling,
-        length=length,
-    )
-    n = int(n)
-    return np.asarray(tokens)[:, :n], np.asarray(frames)[:, :, : n - 1]
-
-
-def talk_stream(
-    params: dict, config: talker.TalkerConfig, prompt: TalkerPrompt, *, max_new_tokens: int,
-    settings: TalkerSettings = TalkerSettings(), seed: int = 0,
-) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:  # fmt: skip
-    """Each step's (group-0 tokens b, the frame b G it completed or None at step 0), one jitted step at a
-    time; the same tokens and frames as `talk`."""
-    sampling, predictor = settings.samplings(config)
-    prefill, length, ignore, key = _prefill_args(config, prompt, max_new_tokens, seed)
-    model = Talker(config, predictor)
-    b, eos = prompt.embeds.shape[0], config.codec_id("eos")
-    step = engine.run_prefill(model, params, prefill, model.init_cache(params, b, length))
-    seen, done = _seen(config, sampling, b), jnp.zeros((b,), bool)
-    frame = None
-    for i in range(max_new_tokens):
-        token, done, seen = _choose_jit(step.logits, key, i, seen, done, ignore, sampling, eos)
-        yield np.asarray(token), frame
-        if bool(done.all()) or i == max_new_tokens - 1:
-            return
-        step = engine.run_step(model, params, model.next_input(params, token), step.cache)
-        frame = np.asarray(step.cache.codes)
+    codec_eos or at max_new_tokens; the last token never gets residual codes (transformers' rule). params:
+    the whole model's ("thinker" and "talker")."""
+    run = TalkerRun(
+        params, config, prompt, max_new_tokens=max_new_tokens, settings=settings, seed=seed,
+        text_slots=text_slots,
+    )  # fmt: skip
+    return run.advance(prompt.trailing_ids, finished=True, steps=max_new_tokens)
 
 
 # ---------------------------------------------------------------- waveform (spec D.5)
@@ -491,18 +542,19 @@ class WavStream:
 def thinker_states(params: dict, thinker_config, inputs: dict) -> tuple[jax.Array, jax.Array]:
     """The Thinker's fused input embeddings and its `accept_hidden_layer` output over the prompt (b l D)."""
     layer = system.talker_layers(thinker_config)[1]
-    out = system.forward(params, thinker_config, inputs, hidden_layers=(0, layer))
+    out = system.forward(params, thinker_config, inputs, hidden_layers=(0, layer), logits="none")
     return out.hidden_states[0], out.hidden_states[layer]
 
 
 def prompt_for(
     params: dict, thinker_config, config: SpeechConfig, inputs: dict, new_ids: np.ndarray, *, speaker: str,
-    thinker_eos: tuple[int, ...],
+    thinker_eos: tuple[int, ...], finished: bool = True,
 ) -> TalkerPrompt:  # fmt: skip
-    """The talker prompt of processor `inputs` and the Thinker's new ids (b T, as transformers gives them)."""
+    """The talker prompt of processor `inputs` and the Thinker's new ids (b t, as transformers gives them;
+    the first one suffices while it has not `finished`)."""
     config.talker.speaker_id(speaker)  # an unknown speaker fails before the Thinker forward
     embeds, hidden = thinker_states(params, thinker_config, inputs)
     return talker_prompt(
         params, config, inputs["input_ids"], inputs.get("attention_mask"), embeds, hidden, new_ids, speaker,
-        thinker_eos,
+        thinker_eos, finished=finished,
     )  # fmt: skip

@@ -354,20 +354,37 @@ def stream(
     )  # fmt: skip
 
 
-@functools.partial(jax.jit, static_argnums=(1, 5))
-def _forward(params, text, embeds, positions, start, hidden_layers, layer_inputs=None):
+def stream_blocks(
+    params: dict, config: ThinkerConfig, inputs: dict, *, sizes: tuple[int, ...], max_new_tokens: int,
+    sampling: Sampling = GREEDY, eos_ids: int | tuple[int, ...] = (), pad_id: int | None = None,
+    seed: int = 0,
+) -> Iterator[np.ndarray]:  # fmt: skip
+    """`stream` in blocks b n: step 0, then up to sizes[k] steps per jitted call (the last size repeats)."""
+    embeds, kw = _loop_args(params, config, inputs)
+    return loop.stream_blocks(
+        params["thinker"], config.text, embeds, sizes=sizes, max_new_tokens=max_new_tokens, sampling=sampling,
+        eos_ids=eos_ids, pad_id=pad_id, seed=seed, **kw,
+    )  # fmt: skip
+
+
+@functools.partial(jax.jit, static_argnums=(1, 5, 7))
+def _forward(params, text, embeds, positions, start, hidden_layers, layer_inputs=None, logits="all"):
     out, _ = decoder.forward(
         params, text, embeds, positions=positions, start=start, layer_inputs=layer_inputs,
-        hidden_layers=hidden_layers, logits="all",
+        hidden_layers=hidden_layers, logits=logits,
     )  # fmt: skip
     return out
 
 
-def forward(params: dict, config: ThinkerConfig, inputs: dict, *, hidden_layers: tuple[int, ...] = ()):
-    """Whole-prompt forward without a cache (left padding): decoder.Output with logits b t vocab."""
+def forward(
+    params: dict, config: ThinkerConfig, inputs: dict, *, hidden_layers: tuple[int, ...] = (),
+    logits: str = "all",
+):  # fmt: skip
+    """Whole-prompt forward without a cache (left padding): decoder.Output with logits b t vocab ("none":
+    hidden states only)."""
     p = prepare_prompt(params, config, inputs)
     start = jnp.asarray(left_pad_start(p.attention_mask, np.shape(p.attention_mask)))
     return _forward(
         params["thinker"], config.text, p.embeds, jnp.asarray(p.positions), start, tuple(hidden_layers),
-        p.layer_inputs,
+        p.layer_inputs, logits,
     )  # fmt: skip
