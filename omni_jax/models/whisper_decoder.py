@@ -33,9 +33,7 @@ from omni_jax.models.audio_common import (
     norm_rules,
 )
 from omni_jax.nn.attention import attention, cache_attention
-from omni_jax.models.decoder import unstack_layers
 from omni_jax.nn.layers import activation, layer_norm, layer_norm_spec, linear
-from omni_jax.nn.packed import pack
 from omni_jax.nn.params import ParamSpec, stacked
 
 CROSS = (("self_attn", "attn"), ("encoder_attn", "cross"))  # HF attention modules -> ours
@@ -98,21 +96,6 @@ def hf_rules(config: WhisperDecoderConfig, prefix: str = "") -> list[Rule]:
     return rules + layer_rules(p, k_bias=False, attention=CROSS) + norm_rules(f"{p}layer_norm", "final_norm")
 
 
-def cpu_layout(params: dict, config: WhisperDecoderConfig) -> dict:
-    """The parameters laid out for float32 CPU decoding: unstacked layers (unrolled, no per-layer weight
-    copies) with packed linears, and a packed copy of the tied embedding as `lm_head` (`nn.packed`)."""
-    del config  # the layout is the same for every size
-
-    def is_linear(tree):
-        return isinstance(tree, dict) and "kernel" in tree
-
-    def pack_linear(tree):
-        return {**tree, "kernel": pack(tree["kernel"])} if is_linear(tree) else tree
-
-    layers = jax.tree.map(pack_linear, unstack_layers(params)["layers"], is_leaf=is_linear)
-    return {**params, "layers": layers, "lm_head": {"kernel": pack(params["embed"].T)}}
-
-
 # ---------------------------------------------------------------- cache
 
 
@@ -154,10 +137,7 @@ def with_encoder(params: dict, config: WhisperDecoderConfig, encoder_out: jax.Ar
         )
 
     with jax.named_scope("cross_kv"):
-        if isinstance(params["layers"], tuple):  # cpu_layout
-            k, v = (jnp.stack(x) for x in zip(*map(kv, params["layers"])))
-        else:
-            k, v = jax.lax.map(kv, params["layers"])  # layers b frames h hd
+        k, v = jax.lax.map(kv, params["layers"])  # layers b frames h hd
     return dataclasses.replace(cache, cross_k=k.astype(cache.k.dtype), cross_v=v.astype(cache.k.dtype))
 
 
@@ -225,21 +205,12 @@ def forward(
         return (x, kv), None
 
     with jax.named_scope("layers"):
-        if isinstance(params["layers"], tuple):  # cpu_layout: unrolled
-            kv = (cache.k, cache.v)
-            for layer, p in enumerate(params["layers"]):
-                x, kv = _layer(p, c, x, kv, layer, cache)
-            k, v = kv
-        else:
-            carry = (x, (cache.k, cache.v))
-            (x, (k, v)), _ = jax.lax.scan(body, carry, (params["layers"], jnp.arange(c.layers)))
+        (x, (k, v)), _ = jax.lax.scan(body, (x, (cache.k, cache.v)), (params["layers"], jnp.arange(c.layers)))
     cache = dataclasses.replace(cache, k=k, v=v, index=cache.index + t)
     h = layer_norm(params["final_norm"], x[:, -1] if output == "last" else x, LN_EPS)
     if output == "hidden":
         return h, cache
     with jax.named_scope("unembed"):
-        if "lm_head" in params:  # cpu_layout
-            return linear(params["lm_head"], h), cache
         return jnp.matmul(h, params["embed"].astype(h.dtype).T), cache
 
 
