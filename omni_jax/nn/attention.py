@@ -80,11 +80,12 @@ def blocked_attention(
     *,
     key_mask: jax.Array | None = None,
     scale: float | None = None,
-    block: int = 512,
+    block: int = 256,
 ) -> jax.Array:
     """Exact softmax attention over all keys, computed one batch row and one block of queries at a time
     (lax.map), so the float32 logits in flight stay small; normalised after the value product.
-    q, k, v: b t h d (equal heads); key_mask: bool b s, True where a key may be attended. -> b t h d."""
+    q, k, v: b t h d (equal heads); key_mask: bool b s, True where a key may be attended (None: all).
+    -> b t h d."""
     b, t, h, d = q.shape
     scale = d**-0.5 if scale is None else scale
     n = -(-t // block)
@@ -95,21 +96,22 @@ def blocked_attention(
         .transpose(0, 1, 3, 2, 4)
     )
     kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # b h s d
-    mask = jnp.ones((b, k.shape[1]), bool) if key_mask is None else key_mask
 
-    def row(args):  # one batch row: q n h blk d, k/v h s d, mask s
-        qr, kr, vr, mr = args
+    def row(args):  # one batch row: q n h blk d, k/v h s d[, mask s]
+        qr, kr, vr, *mr = args
 
         def one(qq):  # h blk d -> h blk d
             logits = jnp.einsum("htd,hsd->hts", qq, kr).astype(jnp.float32) * scale
-            logits = jnp.where(mr, logits, MASK_VALUE)
+            if mr:  # no select pass over the logits without a mask
+                logits = jnp.where(mr[0], logits, MASK_VALUE)
             e = jnp.exp(logits - logits.max(-1, keepdims=True))
             out = jnp.einsum("hts,hsd->htd", e.astype(vr.dtype), vr)
             return out / e.sum(-1, keepdims=True).astype(out.dtype)
 
         return jax.lax.map(one, qr)
 
-    out = jax.lax.map(row, (qb, kh, vh, mask))  # b n h blk d
+    rows = (qb, kh, vh) if key_mask is None else (qb, kh, vh, key_mask)
+    out = jax.lax.map(row, rows)  # b n h blk d
     return out.transpose(0, 1, 3, 2, 4).reshape(b, n * size, h, -1)[:, :t]
 
 

@@ -9,7 +9,8 @@
 // token picked (each once, for all its tokens), where a dense or ragged dispatch on CPU reads all of them.
 //
 // DecodeAttention: one query token per row against one layer of a stacked KV cache (L, b, s, kh, d), read in
-// place (no per-layer slice or transpose), over the row's valid slots [start[b], stop).
+// place (no per-layer slice or transpose), over the row's valid slots [start[b], stop), slot by slot with
+// all the heads of a task together (a contiguous read; ~1.8x faster than a pass per head at 1500 slots).
 //
 // Work is shared out over XLA's intra-op thread pool in chunks that every thread (the caller included) takes
 // from one atomic counter, so a call never waits on a task that has not started.
@@ -207,27 +208,35 @@ float dot(const float* a, const float* b, int64_t d) {
   return sum;
 }
 
-// Query heads of kv head `head` in row `row`: softmax(q k^T * scale) v over slots [start, stop).
-void attend(const Attention& p, int64_t row, int64_t head, std::vector<float>& logits) {
+// y += w * x over d floats (restrict: y stays in L1 while x streams past).
+inline void axpy(float* __restrict__ y, const float* __restrict__ x, float w, int64_t d) {
+  for (int64_t i = 0; i < d; ++i) y[i] += w * x[i];
+}
+
+// Query heads of kv heads [h0, h1) in row `row`: softmax(q k^T * scale) v over slots [start, stop), in one
+// pass over the keys and one over the values, slot by slot (a slot's heads are contiguous, so both passes
+// stream memory front to back); the values are summed with unnormalised weights, divided by the total once.
+void attend(const Attention& p, int64_t row, int64_t h0, int64_t h1, std::vector<float>& buf) {
   const int64_t groups = p.h / p.kh, first = std::clamp<int64_t>(p.start[row], 0, p.stop - 1);
-  const int64_t n = p.stop - first, slot_stride = p.kh * p.d;
-  const int64_t offset = ((p.layer * p.b + row) * p.s * p.kh + head) * p.d + first * slot_stride;
-  const float *k = p.k + offset, *v = p.v + offset;
-  logits.resize(n);
-  for (int64_t g = 0; g < groups; ++g) {
-    const float* q = p.q + (row * p.h + head * groups + g) * p.d;
-    float* out = p.out + (row * p.h + head * groups + g) * p.d;
-    float top = -INFINITY;
-    for (int64_t j = 0; j < n; ++j) top = std::max(top, logits[j] = dot(q, k + j * slot_stride, p.d) * p.scale);
-    float total = 0.f;
-    for (int64_t j = 0; j < n; ++j) total += logits[j] = std::exp(logits[j] - top);
-    std::fill(out, out + p.d, 0.f);
-    for (int64_t j = 0; j < n; ++j) {
-      const float weight = logits[j] / total;
-      const float* vj = v + j * slot_stride;
-      for (int64_t i = 0; i < p.d; ++i) out[i] += weight * vj[i];
-    }
+  const int64_t n = p.stop - first, slot_stride = p.kh * p.d, heads = (h1 - h0) * groups;
+  const int64_t offset = ((p.layer * p.b + row) * p.s + first) * slot_stride + h0 * p.d;
+  const float *k = p.k + offset, *v = p.v + offset, *q = p.q + (row * p.h + h0 * groups) * p.d;
+  buf.resize(heads * (n + p.d + 1));
+  float *logits = buf.data(), *acc = logits + heads * n, *total = acc + heads * p.d;  // heads n, heads d, heads
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t i = 0; i < heads; ++i) logits[i * n + j] = dot(q + i * p.d, k + j * slot_stride + i / groups * p.d, p.d) * p.scale;
+  for (int64_t i = 0; i < heads; ++i) {
+    float* row_logits = logits + i * n;
+    const float top = *std::max_element(row_logits, row_logits + n);
+    total[i] = 0.f;
+    for (int64_t j = 0; j < n; ++j) total[i] += row_logits[j] = std::exp(row_logits[j] - top);
   }
+  std::fill(acc, acc + heads * p.d, 0.f);
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t i = 0; i < heads; ++i) axpy(acc + i * p.d, v + j * slot_stride + i / groups * p.d, logits[i * n + j], p.d);
+  float* out = p.out + (row * p.h + h0 * groups) * p.d;
+  for (int64_t i = 0; i < heads; ++i)
+    for (int64_t e = 0; e < p.d; ++e) out[i * p.d + e] = acc[i * p.d + e] / total[i];
 }
 
 ffi::Error DecodeAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
@@ -242,9 +251,12 @@ ffi::Error DecodeAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::B
                     qd[0], qd[1], kd[3], kd[2], qd[2], layer.typed_data()[0], stop.typed_data()[0], scale};
   if (p.layer < 0 || p.layer >= kd[0] || p.stop < 1 || p.stop > p.s)
     return ffi::Error::InvalidArgument("decode_attention: layer or stop out of range");
-  parallel_for(pool, p.b * p.kh, 1, [&p](int64_t i) {
-    thread_local std::vector<float> logits;
-    attend(p, i / p.kh, i % p.kh, logits);
+  // a task per row (all its heads) when the rows keep every thread busy, else per row and kv head
+  const int64_t split = p.b >= std::max<int64_t>(1, pool.num_threads()) ? 1 : p.kh;
+  parallel_for(pool, p.b * split, 1, [&p, split](int64_t i) {
+    thread_local std::vector<float> buf;
+    const int64_t h0 = i % split * (p.kh / split);
+    attend(p, i / split, h0, h0 + p.kh / split, buf);
   });
   return ffi::Error::Success();
 }
