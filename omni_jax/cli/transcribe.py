@@ -8,14 +8,18 @@ over 30 s are cut into 30-s windows and merged (long-form). Greedy unless --temp
 decodes with timestamp tokens and prints each file's segments as `[start -> end] text` lines (seconds; the
 segments of transformers' ASR pipeline with return_timestamps=True). --json prints one object per file:
 audio, text, tokens, seconds (audio length), and with --timestamps segments ([{start, end, text}]).
+Exit status as every omni_jax command (omni_jax.cli.common): 2 for a bad argument or file, found before the
+model loads; 1 when loading or transcribing fails.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
+
+from omni_jax import validation
+from omni_jax.cli import common
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -37,19 +41,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run(args: argparse.Namespace) -> list[dict]:
-    """Load, transcribe, print. -> one dict per file."""
+def check(args: argparse.Namespace) -> tuple:
+    """Usage errors before the model loads: the sizes and sampling settings, the model folder, every audio
+    file (read, finite samples). -> (sampling, clips)."""
     from omni_jax.audio import load_audio
-    from omni_jax.convert.ctranslate2 import whisper_tiny_dir
-    from omni_jax.families.registry import load_pipeline
     from omni_jax.inference.sampling import Sampling
 
+    validation.integer("--batch-size", args.batch_size, minimum=1)
+    if args.max_new_tokens is not None:
+        validation.integer("--max-new-tokens", args.max_new_tokens, minimum=1)
+    sampling = Sampling(temperature=args.temperature)
+    if args.model is not None:
+        validation.folder("--model", args.model)
+    return sampling, [load_audio(path) for path in args.audio]
+
+
+def run(args: argparse.Namespace, sampling, audios) -> None:
+    """Load, transcribe, print a line (or a JSON object) per file."""
+    from omni_jax.convert.ctranslate2 import whisper_tiny_dir
+    from omni_jax.families.registry import load_pipeline
+
     pipe = load_pipeline(args.model or whisper_tiny_dir())
-    audios = [load_audio(path) for path in args.audio]
     start = time.perf_counter()
     rows = pipe.transcribe(
         audios, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-        sampling=Sampling(temperature=args.temperature), seed=args.seed, timestamps=args.timestamps,
+        sampling=sampling, seed=args.seed, timestamps=args.timestamps,
     )  # fmt: skip
     elapsed = time.perf_counter() - start
     out = [
@@ -60,7 +76,6 @@ def run(args: argparse.Namespace) -> list[dict]:
         print(json.dumps(row) if args.json else _lines(row))
     if not args.json:
         print(f"({len(out)} file(s), {sum(r['seconds'] for r in out):.1f} s of audio in {elapsed:.2f} s)")
-    return out
 
 
 def _lines(row: dict) -> str:
@@ -76,9 +91,5 @@ def _clock(seconds: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        run(parse_args(argv))
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    args = parse_args(argv)
+    return common.run(lambda: check(args), lambda checked: run(args, *checked))

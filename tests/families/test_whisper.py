@@ -287,3 +287,5 @@ def test_transcribe_and_generate_clis(capsys):
     assert generate_cli.main(["--model", model, "--audio", speech, "--max-new-tokens", "30", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["text"] == [TRANSCRIPT]
     assert transcribe_cli.main([speech, "--model", "/nonexistent"]) == 2
+    assert transcribe_cli.main(["/nonexistent.wav"]) == 2  # usage errors, before any model loads
+    assert transcribe_cli.main([speech, "--batch-size", "0"]) == 2
