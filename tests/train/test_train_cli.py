@@ -18,6 +18,7 @@ import pytest
 from omni_jax.cli import convert as convert_cli
 from omni_jax.cli import train as train_cli
 from omni_jax.train.metrics import read_metrics
+from tests.conftest import FAST_COMPILE
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,7 +47,7 @@ def task(tmp_path_factory, af3_folder):
 def launch(recipe, cache, devices, *extra):
     env = os.environ | {
         "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}",
         "JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     }  # fmt: skip
     cmd = [sys.executable, "-m", "omni_jax.train", "--config", str(recipe), *extra]
