@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -112,9 +113,20 @@ def conv1d(
 ) -> jax.Array:
     """x: b t c_in -> b t' c_out. `padding` is zero padding (left, right) or symmetric."""
     pad = (padding, padding) if isinstance(padding, int) else tuple(padding)
-    y = jax.lax.conv_general_dilated(
+    w = p["kernel"].astype(x.dtype)
+    if groups == 1:
+        y = _conv1d_tap_grads(x, w, stride, pad, dilation, precision)
+    else:
+        y = _conv1d_xla(x, w, stride, pad, dilation, groups, precision)
+    if "bias" in p:
+        y = y + p["bias"].astype(y.dtype)
+    return y
+
+
+def _conv1d_xla(x, w, stride, pad, dilation, groups, precision):
+    return jax.lax.conv_general_dilated(
         x,
-        p["kernel"].astype(x.dtype),
+        w,
         window_strides=(stride,),
         padding=(pad,),
         rhs_dilation=(dilation,),
@@ -122,9 +134,34 @@ def conv1d(
         feature_group_count=groups,
         precision=precision,
     )
-    if "bias" in p:
-        y = y + p["bias"].astype(y.dtype)
-    return y
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv1d_tap_grads(x, w, stride, pad, dilation, precision):
+    """XLA's conv forward; its kernel gradient as one matmul per tap. XLA CPU's own kernel-gradient conv (a
+    window as long as the sequence) can take seconds where the matmuls take milliseconds (Whisper's convs
+    under training: ~10 s each)."""
+    return _conv1d_xla(x, w, stride, pad, dilation, 1, precision)
+
+
+def _conv1d_tap_grads_fwd(x, w, stride, pad, dilation, precision):
+    return _conv1d_xla(x, w, stride, pad, dilation, 1, precision), (x, w)
+
+
+def _conv1d_tap_grads_bwd(stride, pad, dilation, precision, residuals, dy):
+    x, w = residuals  # b t c_in, k c_in c_out; dy: b n c_out
+    _, input_grad = jax.vjp(lambda x: _conv1d_xla(x, w, stride, pad, dilation, 1, precision), x)
+    xp = jnp.pad(x, ((0, 0), pad, (0, 0)))
+    n = dy.shape[1]
+
+    def tap(j):  # the input rows tap j meets: b n c_in
+        return jax.lax.slice_in_dim(xp, j * dilation, j * dilation + (n - 1) * stride + 1, stride, axis=1)
+
+    dw = [jnp.einsum("bnc,bno->co", tap(j), dy, precision=precision) for j in range(w.shape[0])]
+    return input_grad(dy)[0], jnp.stack(dw).astype(w.dtype)
+
+
+_conv1d_tap_grads.defvjp(_conv1d_tap_grads_fwd, _conv1d_tap_grads_bwd)
 
 
 def conv2d(

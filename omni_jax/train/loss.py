@@ -29,9 +29,12 @@ def token_nll(
     """Summed next-token NLL (float32 logits) and the number of counted targets. logits b t v, labels b t."""
     targets = shift_labels(labels, ignore_index)
     valid = targets != ignore_index
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    picked = jnp.take_along_axis(logp, jnp.where(valid, targets, 0)[..., None], axis=-1)[..., 0]
-    return -jnp.sum(jnp.where(valid, picked, 0.0)), jnp.sum(valid).astype(jnp.int32)
+    logits = logits.astype(jnp.float32)
+    # logsumexp - the target's logit, picked by a compare (its gradient fuses: no b t v scatter or zeros)
+    hit = jnp.arange(logits.shape[-1]) == targets[..., None]  # b t v
+    picked = jnp.sum(jnp.where(hit, logits, 0.0), axis=-1)
+    nll = jax.nn.logsumexp(logits, axis=-1) - picked
+    return jnp.sum(jnp.where(valid, nll, 0.0)), jnp.sum(valid).astype(jnp.int32)
 
 
 def count_targets(labels, ignore_index: int = IGNORE_INDEX):

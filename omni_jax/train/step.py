@@ -178,7 +178,9 @@ def make_train_step(
         zeros = jax.tree.map(jnp.zeros_like, state.params)
         init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
         with jax.named_scope("accumulate"):
-            (grads, nll, aux), _ = jax.lax.scan(accumulate, init, batch)
+            # one micro-batch: straight-line code (XLA CPU runs some ops, e.g. conv kernel gradients, far
+            # slower inside a while body)
+            (grads, nll, aux), _ = jax.lax.scan(accumulate, init, batch, unroll=k == 1)
         with jax.named_scope("optimizer"):
             updates, opt_state = tx.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
