@@ -334,6 +334,26 @@ def load_video(path: str | Path, *, fps: float | None = 2.0, audio: bool = False
     return {"frames": frames[keep], "fps": sampled or 1.0, "audio": load_video_audio(path) if audio else None}
 
 
+def check_video_file(path: str | Path, *, audio: bool = False) -> None:
+    """A video file exists and its first frame decodes; with `audio` it has a sound track too (else ValueError
+    or FileNotFoundError naming the file). Decodes one frame only: a check before anything heavy runs."""
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"video file {path} does not exist")
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ValueError(f"{path} has no video stream")
+            if next(container.decode(video=0), None) is None:
+                raise ValueError(f"video file {path} has no frames")
+            if audio and not container.streams.audio:
+                raise ValueError(f"video file {path} has no sound track (silent): it cannot be heard")
+    except av.FFmpegError as e:
+        raise ValueError(f"cannot decode video file {path}: {e}") from None
+
+
 def load_video_audio(path: str | Path, sampling_rate: int = 16000) -> np.ndarray | None:
     """The sound track of a video file, mono at `sampling_rate` (float32), or None for a silent video."""
     import av

@@ -179,8 +179,8 @@ def _pixel_tolerance(image_processor) -> tuple[float, str]:
     PIL backend's bicubic resize differs from it by up to 2 uint8 levels (spec 3.3)."""
     if type(image_processor).__name__.endswith("Pil"):
         levels = 2 / (255 * min(image_processor.image_std))
-        return levels + 1e-6, "transformers' PIL backend, +-2 levels: torchvision is the reference"
-    return 1e-6, "transformers' torchvision backend"
+        return levels + 1e-6, "PIL backend, atol 2 levels"
+    return 1e-6, "torchvision backend"
 
 
 def processor_reports(processor, ref: dict, ours: dict) -> list[core.Report]:
