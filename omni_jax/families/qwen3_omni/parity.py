@@ -153,20 +153,38 @@ def reference_processor(hf_dir):
         )
 
 
-def reference_inputs(processor, chats, audios, images, videos, fps, use_audio_in_video) -> dict:
+def _reference_videos(processor, videos, fps: float, video_size: tuple[int, int]) -> tuple[list, dict]:
+    """(videos, processor options) for transformers' video processor: files decoded by transformers' pyav
+    loader (its default decoder needs torchcodec), frames sampled by the processor at `fps`, frames sized by
+    the folder's video size (omni_jax's processor_config key; the class default otherwise). The stand-in
+    takes the paths."""
+    options = {"fps": fps, "do_sample_frames": True}
+    if isinstance(processor.video_processor, StandInVideoProcessor):
+        return [str(v) for v in videos], options
+    from transformers.video_utils import load_video
+
+    lo, hi = video_size
+    loaded = [load_video(str(v), backend="pyav") for v in videos]
+    options |= {
+        "video_metadata": [meta for _, meta in loaded],
+        "videos_kwargs": {"size": {"shortest_edge": lo, "longest_edge": hi}},
+    }
+    return [frames for frames, _ in loaded], options
+
+
+def reference_inputs(processor, chats, audios, images, videos, fps, use_audio_in_video, video_size) -> dict:
     """transformers' processor outputs for the chats (numpy; the images read by transformers' load_image, the
-    videos by its video processor); with use_audio_in_video the videos' sound tracks are decoded by omni_jax
+    videos as `_reference_videos`); with use_audio_in_video the videos' sound tracks are decoded by omni_jax
     (transformers' load_audio reads a video container only with torchcodec)."""
     from transformers.image_utils import load_image
 
     text = processor.apply_chat_template(chats, tokenize=False, add_generation_prompt=True)
-    options = {"fps": fps, "do_sample_frames": True} if videos else {}
+    given, options = _reference_videos(processor, videos, fps, video_size) if videos else (None, {})
     if use_audio_in_video:
         audios = [vision.load_video_audio(v) for v in videos]
         options |= {"load_audio_from_video": True, "audio_from_video_indices": list(range(len(videos)))}
     ref = processor(
-        text=text, images=[load_image(str(i)) for i in images] if images else None,
-        videos=[str(v) for v in videos] if videos else None,
+        text=text, images=[load_image(str(i)) for i in images] if images else None, videos=given,
         audio=[np.asarray(a, np.float32) for a in audios] if audios else None,
         padding=True, return_tensors="np", **options,
     )  # fmt: skip
@@ -268,7 +286,9 @@ def stages(
     pipe = pipeline.load(hf_dir, dtype="float32")
     processor = reference_processor(hf_dir)
     chats = pipeline.conversations(audios, prompts, images=images, videos=videos)
-    ref = reference_inputs(processor, chats, audios, images, videos, fps, use_audio_in_video)
+    ref = reference_inputs(
+        processor, chats, audios, images, videos, fps, use_audio_in_video, pipe.processor.config.video_size
+    )
     ours = pipe.prepare(audios, prompts, images=images, videos=videos, fps=fps,
                         use_audio_in_video=use_audio_in_video)  # fmt: skip
     reports = processor_reports(processor, ref, ours)
