@@ -53,6 +53,19 @@ def use_compilation_cache() -> None:
         jax.config.update("jax_compilation_cache_dir", str(Path.home() / ".cache" / "omni_jax" / "xla"))
 
 
+def check_visual_files(images: list[str], videos: list[str], *, sound: bool = False) -> None:
+    """Usage errors for --image / --video files: each image decodes, each video's first frame does, and with
+    `sound` (--use-audio-in-video) each video has a sound track."""
+    from omni_jax.processing import vision
+
+    for flag, paths in (("--image", images), ("--video", videos)):
+        for path in paths:
+            try:
+                vision.load_image(path) if flag == "--image" else vision.check_video_file(path, audio=sound)
+            except ERRORS as e:
+                raise ValueError(f"{flag} {path}: {e}") from None
+
+
 def run(check: Callable[[], Any], job: Callable[[Any], int | None]) -> int:
     """check() (errors -> USAGE), then job(its result) (errors -> FAILED; its own code otherwise)."""
     use_compilation_cache()

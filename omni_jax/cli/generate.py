@@ -12,8 +12,8 @@ DIR is an HF checkpoint folder or one converted by `python -m omni_jax.convert`;
 --json prints one object with the token ids, the texts and the timings (compilation included) instead of
 streaming. --speak (Qwen3-Omni with talker weights, one clip) also writes the spoken answer (24 kHz); with
 --stream the text is printed and the audio written as they come. Exit status: 0 done, 1 loading or
-generation failed, 2 a usage error (bad argument, unreadable audio file, unsupported folder), found before
-the model loads.
+generation failed, 2 a usage error (bad argument, unreadable audio, image or video file, unsupported
+folder), found before the model loads.
 """
 
 from __future__ import annotations
@@ -89,8 +89,9 @@ def _prepare(pipe, args: argparse.Namespace, audios: list) -> dict:
 
 
 def check(args: argparse.Namespace) -> tuple:
-    """Usage errors before the model loads: the folder's model_type has a pipeline, every audio file reads
-    (finite samples), the sampling settings and max_new_tokens are valid. -> (sampling, clips)."""
+    """Usage errors before the model loads: the folder's model_type has a pipeline, every audio, image and
+    video file reads (finite samples, a decodable frame), the sampling settings and max_new_tokens are valid.
+    -> (sampling, clips)."""
     from omni_jax.audio import load_audio
     from omni_jax.families.registry import family
     from omni_jax.inference.sampling import Sampling
@@ -101,6 +102,7 @@ def check(args: argparse.Namespace) -> tuple:
     if args.speak and len(args.audio) != 1:
         raise ValueError(f"--speak takes one --audio, got {len(args.audio)}")
     sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    common.check_visual_files(args.image, args.video, sound=args.use_audio_in_video)
     found = family(validation.folder("--model", args.model))
     if found.load_pipeline is None:
         raise ValueError(f"{args.model}: {found.name} checkpoints have no generation pipeline yet")

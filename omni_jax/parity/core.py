@@ -33,6 +33,7 @@ class ParityTable:
         default_factory=dict
     )  # compare_generate(..., return_audio)
     stages: Callable[..., list] | None = None  # (hf_dir, audios, prompts, *, max_new_tokens) -> [Report]
+    visual: bool = False  # stages also take images=, videos=, fps=, use_audio_in_video=
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,13 +44,18 @@ class Report:
     reference_shape: tuple[int, ...]
     shape: tuple[int, ...]
     atol: float
+    compared: bool = True  # False: a stage this environment cannot compare (its name says why)
 
     @property
     def ok(self) -> bool:
-        return self.reference_shape == self.shape and self.max_abs_diff <= self.atol
+        return not self.compared or (self.reference_shape == self.shape and self.max_abs_diff <= self.atol)
+
+    @property
+    def verdict(self) -> str:
+        return "not compared" if not self.compared else "ok" if self.ok else "FAIL"
 
     def __str__(self) -> str:
-        verdict = "ok" if self.ok else "FAIL"
+        verdict = self.verdict
         return (
             f"{self.name}: max_abs={self.max_abs_diff:.3g} max_rel={self.max_rel_diff:.3g} "
             f"shape={self.shape} (reference {self.reference_shape}) atol={self.atol:g} {verdict}"
@@ -71,6 +77,11 @@ def exact_report(name: str, same: bool, shape) -> Report:
     """A report for values that must be equal (ids, masks, greedy tokens): difference 0 or inf."""
     diff = 0.0 if same else float("inf")
     return Report(name, diff, diff, tuple(shape), tuple(shape), 0.0)
+
+
+def skipped_report(name: str, shape) -> Report:
+    """A stage that cannot be compared here (no reference implementation runs); not a failure."""
+    return Report(name, float("nan"), float("nan"), tuple(shape), tuple(shape), 0.0, compared=False)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,6 +13,7 @@ float32). Patches come out as the vision encoder reads them: 2x2 merge blocks of
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -312,26 +313,45 @@ def video_frames(video: Any) -> np.ndarray:
     return np.stack([load_image(frame) for frame in frames])
 
 
-def load_video(path: str | Path, *, fps: float | None = 2.0, audio: bool = False) -> dict:
-    """Decode a video file with PyAV. fps: frames sampled per second (None: every frame).
-    -> {"frames": t h w 3 uint8, "fps": the rate the frames stand for, "audio": 16-kHz mono or None}."""
+@contextlib.contextmanager
+def _video_container(path: Path):
+    """The open PyAV container of a video file that has a video stream; decoding errors inside the block
+    become ValueError naming the file."""
     import av
 
-    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"video file {path} does not exist")
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise ValueError(f"{path} has no video stream")
-            stream = container.streams.video[0]
-            frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(stream)])
-            rate = float(stream.average_rate or stream.guessed_rate or 0) or None
+            yield container
     except av.FFmpegError as e:
         raise ValueError(f"cannot decode video file {path}: {e}") from None
+
+
+def load_video(path: str | Path, *, fps: float | None = 2.0, audio: bool = False) -> dict:
+    """Decode a video file with PyAV. fps: frames sampled per second (None: every frame).
+    -> {"frames": t h w 3 uint8, "fps": the rate the frames stand for, "audio": 16-kHz mono or None}."""
+    path = Path(path)
+    with _video_container(path) as container:
+        stream = container.streams.video[0]
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(stream)])
+        rate = float(stream.average_rate or stream.guessed_rate or 0) or None
     keep = sample_frame_indices(len(frames), video_fps=rate, fps=fps)
     sampled = len(keep) * (rate or 1.0) / len(frames) if fps is not None else rate
     return {"frames": frames[keep], "fps": sampled or 1.0, "audio": load_video_audio(path) if audio else None}
+
+
+def check_video_file(path: str | Path, *, audio: bool = False) -> None:
+    """A video file exists and its first frame decodes; with `audio` it has a sound track too (else ValueError
+    or FileNotFoundError naming the file). Decodes one frame only: a check before anything heavy runs."""
+    path = Path(path)
+    with _video_container(path) as container:
+        if next(container.decode(video=0), None) is None:
+            raise ValueError(f"video file {path} has no frames")
+        if audio and not container.streams.audio:
+            raise ValueError(f"video file {path} has no sound track (silent): it cannot be heard")
 
 
 def load_video_audio(path: str | Path, sampling_rate: int = 16000) -> np.ndarray | None:

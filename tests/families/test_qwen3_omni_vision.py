@@ -1,10 +1,12 @@
 """Qwen3-Omni with images and video against transformers (configs/tiny-qwen3-omni-thinker.json, float32, CPU):
 the processor (against Qwen3OmniMoeProcessor's outputs stored by tests/fixtures/make_vision_fixtures.py),
 rope_index, prefill logits and greedy tokens of Qwen3OmniMoeThinkerForConditionalGeneration for image + text,
-video with its audio (audio in video) and a left-padded batch mixing the modalities; the pipeline and CLI."""
+video with its audio (audio in video) and a left-padded batch mixing the modalities; the pipeline, the
+generate CLI and the parity CLI's vision stages."""
 
 import hashlib
 import json
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -193,16 +195,10 @@ def test_bad_inputs(model, inputs, tiny_processor, tmp_path):
         tiny_processor(cases.USER.format(cases.VIDEO), videos=[path], use_audio_in_video=True)
 
 
-def test_pipeline_and_cli_take_images_and_video(model, tokenizer_dir, tmp_path, capsys):
-    """A saved thinker with its processor files loads; prepare/generate with an image and with a video file
-    (its sound track heard) equal transformers' greedy tokens, streamed too; the CLI runs with --image /
-    --video."""
-    import av
-    from PIL import Image
-
-    from omni_jax.cli import generate as cli
-
-    folder = tmp_path / "thinker"
+@pytest.fixture(scope="module")
+def folder(model, tmp_path_factory):
+    """The tiny thinker saved with its processor files (the tiny tower's patch size, small pixel ranges)."""
+    folder = tmp_path_factory.mktemp("vision") / "thinker"
     model.save_pretrained(folder)
     save_tokenizer_files(folder, "qwen3_omni_moe")
     processor_config = json.loads((folder / "processor_config.json").read_text())
@@ -211,6 +207,18 @@ def test_pipeline_and_cli_take_images_and_video(model, tokenizer_dir, tmp_path, 
     processor_config["video_size"] = [64, 256]
     (folder / "processor_config.json").write_text(json.dumps(processor_config))
     (folder / "generation_config.json").write_text(json.dumps({"pad_token_id": qwen3_omni.IM_END}))
+    return folder
+
+
+def test_pipeline_and_cli_take_images_and_video(model, folder, tmp_path, capsys):
+    """A saved thinker with its processor files loads; prepare/generate with an image and with a video file
+    (its sound track heard) equal transformers' greedy tokens, streamed too; the CLI runs with --image /
+    --video."""
+    import av
+    from PIL import Image
+
+    from omni_jax.cli import generate as cli
+
     pipe = qwen3_omni.load(folder)
     Image.fromarray(cases.smooth(12, 20)).save(tmp_path / "a.png")
     path = tmp_path / "v.mov"
@@ -240,3 +248,60 @@ def test_pipeline_and_cli_take_images_and_video(model, tokenizer_dir, tmp_path, 
             "--image", str(tmp_path / "a.png"), "--max-new-tokens", "3", "--json"]  # fmt: skip
     assert cli.main(args) == 0
     assert np.shape(json.loads(capsys.readouterr().out)["ids"]) == (1, 3)
+
+
+def test_parity_cli_compares_the_vision_stages(folder, tmp_path, capsys):
+    """`python -m omni_jax.parity --image`: grids, pixel values (against the image processor that runs
+    here), the vision encoder and its deepstack output, fusion, positions, logits and greedy tokens."""
+    from PIL import Image
+
+    from omni_jax.cli import parity as cli
+
+    Image.fromarray(cases.smooth(12, 20)).save(tmp_path / "a.png")  # the shapes of the pipeline test's
+    argv = ["--model", str(folder), "--image", str(tmp_path / "a.png"), "--prompt", "What is it?"]
+    assert cli.main([*argv, "--max-new-tokens", str(NEW)]) == 0
+    out = capsys.readouterr().out
+    for stage in ("prompt ids + masks", "image grids", "pixel_values (vs ", "vision encoder (images)",
+                  "vision deepstack, block 0 (images)", "fusion", "MRoPE positions", "prefill logits",
+                  "greedy tokens ("):  # fmt: skip
+        assert stage in out, stage
+    assert "60x24" in out and "all stages within tolerance" in out
+
+
+def test_parity_cli_usage_errors(folder, tmp_path, capsys):
+    """Exit 2 with the reason, before transformers loads: no input, rows that do not pair up, an audio-only
+    family given an image, a missing or unreadable image or video, a silent video to be heard."""
+    import av
+    from PIL import Image
+
+    from omni_jax.cli import parity as cli
+
+    image, text = tmp_path / "a.png", tmp_path / "b.png"
+    Image.fromarray(cases.smooth(8, 8)).save(image)
+    text.write_text("not an image")
+    silent = tmp_path / "silent.mov"
+    with av.open(str(silent), "w") as out:
+        stream = out.add_stream("png", rate=2)
+        stream.width, stream.height, stream.pix_fmt = 8, 8, "rgb24"
+        out.mux(stream.encode(av.VideoFrame.from_ndarray(cases.smooth(8, 8), format="rgb24")))
+        out.mux(stream.encode())
+    for kind in ("audioflamingo3", "whisper"):
+        (tmp_path / kind).mkdir()
+        (tmp_path / kind / "config.json").write_text(json.dumps({"model_type": kind}))
+    model, af3 = ["--model", str(folder)], ["--model", str(tmp_path / "audioflamingo3")]
+    cases_ = {
+        "give at least one": model,
+        "one file of each kind given: got 2 --image, 1 --video": [
+            *model, "--image", str(image), "--image", str(image), "--video", str(silent)],
+        "audioflamingo3 takes no images": [*af3, "--image", str(image)],
+        "whisper takes no images": ["--model", str(tmp_path / "whisper"), "--video", str(silent)],
+        "--image .*missing.png.* does not exist": [*model, "--image", str(tmp_path / "missing.png")],
+        "--image .*b.png.*cannot identify": [*model, "--image", str(text)],
+        "--video .*missing.mov.* does not exist": [*model, "--video", str(tmp_path / "missing.mov")],
+        "--video .*silent.mov.* no sound track": [*model, "--video", str(silent), "--use-audio-in-video"],
+        "--use-audio-in-video needs --video": [*model, "--image", str(image), "--use-audio-in-video"],
+        "--fps must be positive": [*model, "--video", str(silent), "--fps", "0"],
+    }  # fmt: skip
+    for message, argv in cases_.items():
+        assert cli.main(argv) == 2, message
+        assert re.search(message, capsys.readouterr().err), message
