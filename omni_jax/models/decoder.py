@@ -348,10 +348,15 @@ def _ffn(params: dict, config: Config, x: jax.Array, sparse, stack_index) -> jax
         return jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, stack_index, keepdims=False), stack)
 
     def run_moe(x):
-        p = take(params["moe"])
+        stack, layer = params["moe"], None
+        if isinstance(stack, tuple):
+            p = stack[stack_index]
+        else:  # the experts are read in place at stack_index, not sliced out of the stack whole
+            p = {**take({k: v for k, v in stack.items() if k != "experts"}), "experts": stack["experts"]}
+            layer = stack_index
         return moe(
             p, x, top_k=config.num_experts_per_tok, norm_topk_prob=config.norm_topk_prob,
-            act=config.hidden_act, impl=config.moe_impl,
+            act=config.hidden_act, impl=config.moe_impl, layer=layer,
         )  # fmt: skip
 
     def run_mlp(x):

@@ -11,7 +11,20 @@ from omni_jax.nn import cpu_kernels
 # A finite mask value keeps fully masked rows (left padding) free of NaN.
 MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 # cache lengths from which a decoder prefill attends with `causal_blocked_attention` (memory linear in t)
-BLOCKED_FROM = 2048
+BLOCKED_FROM = 768
+
+
+def _group_major(q: jax.Array, kh: int) -> jax.Array:
+    """b t h d -> b kh (g t) d: each key/value head's query group as one row block, so the logits of a GQA
+    group are one plain batched matmul written in softmax order (no transposed logits pass)."""
+    b, t, h, d = q.shape
+    return jnp.einsum("btkgd->bkgtd", q.reshape(b, t, kh, h // kh, d)).reshape(b, kh, h // kh * t, d)
+
+
+def _from_group_major(out: jax.Array, g: int) -> jax.Array:
+    """b kh (g t) d -> b t (kh g) d."""
+    b, kh, gt, d = out.shape
+    return jnp.einsum("bkgtd->btkgd", out.reshape(b, kh, g, gt // g, d)).reshape(b, gt // g, kh * g, d)
 
 
 def attention(
@@ -20,18 +33,18 @@ def attention(
     """Softmax attention. q: b t h d; k, v: b s kh d with h % kh == 0 (GQA); mask: bool, broadcastable to
     b h t s, True where a query may attend. Softmax in float32, as HF's eager path. -> b t h d."""
     b, t, h, d = q.shape
-    kh = k.shape[2]
+    s, kh = k.shape[1], k.shape[2]
     if h % kh:
         raise ValueError(f"query heads {h} not a multiple of key/value heads {kh}")
+    g = h // kh
     scale = d**-0.5 if scale is None else scale
-    qg = q.reshape(b, t, kh, h // kh, d)
-    logits = jnp.einsum("btkgd,bskd->bkgts", qg, k).astype(jnp.float32) * scale
+    kt, vt = (jnp.einsum("bskd->bksd", x) for x in (k, v))
+    logits = jnp.einsum("bkqd,bksd->bkqs", _group_major(q, kh), kt).astype(jnp.float32) * scale
     if mask is not None:
-        mask = jnp.broadcast_to(mask, (b, h, t, k.shape[1])).reshape(b, kh, h // kh, t, k.shape[1])
+        mask = jnp.broadcast_to(mask, (b, h, t, s)).reshape(b, kh, g * t, s)
         logits = jnp.where(mask, logits, MASK_VALUE)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-    return out.reshape(b, t, h, v.shape[-1])
+    return _from_group_major(jnp.einsum("bkqs,bksd->bkqd", probs, vt), g)
 
 
 def cache_attention(q, k_cache, v_cache, layer, start, stop, scale: float | None = None) -> jax.Array:
@@ -123,7 +136,7 @@ def causal_blocked_attention(
     start: jax.Array,
     offset: jax.Array | int = 0,
     scale: float | None = None,
-    block: int = 512,
+    block: int = 256,
 ) -> jax.Array:
     """Causal softmax attention with left padding, flash-style: queries and keys in blocks, an online
     softmax (running max and sum) over the key blocks, so memory is linear in the length (the float32 logits
@@ -136,15 +149,20 @@ def causal_blocked_attention(
     g, dv = h // kh, v.shape[-1]
     scale = d**-0.5 if scale is None else scale
     nq, nk = -(-t // block), -(-s // block)
-    qb = jnp.pad(q, ((0, 0), (0, nq * block - t), (0, 0), (0, 0))).reshape(b, nq, block, kh, g, d)
+    qp = jnp.pad(q * jnp.asarray(scale, q.dtype), ((0, 0), (0, nq * block - t), (0, 0), (0, 0)))
+    qb = jnp.einsum("bkgnx->nbkgx", _group_major(qp, kh).reshape(b, kh, g, nq, block * d))
+    qb = qb.reshape(nq, b, kh, g * block, d)  # per query block: b kh (g q) d
     kb, vb = (
-        jnp.pad(x, ((0, 0), (0, nk * block - s), (0, 0), (0, 0))).reshape(b, nk, block, kh, x.shape[-1])
+        jnp.einsum(
+            "bnskd->nbksd",
+            jnp.pad(x, ((0, 0), (0, nk * block - s), (0, 0), (0, 0))).reshape(b, nk, block, kh, -1),
+        )
         for x in (k, v)
-    )
+    )  # nk b kh block d
     start = jnp.asarray(start, jnp.int32)
 
     def query_block(i):  # -> b kh g block dv
-        qi = qb[:, i]  # b block kh g d
+        qi = qb[i]
         q_slots = offset + i * block + jnp.arange(block)
 
         def key_block(carry, j):  # key blocks wholly after the query block's last slot are skipped
@@ -156,13 +174,13 @@ def causal_blocked_attention(
             k_slots = j * block + jnp.arange(block)
             allowed = (k_slots[None, None] >= start[:, None, None]) & (k_slots[None] <= q_slots[:, None])
             allowed &= k_slots < s  # b block(q) block(k)
-            logits = jnp.einsum("bqkgd,bskd->bkgqs", qi, kb[:, j]).astype(jnp.float32) * scale
+            logits = jnp.einsum("bkqd,bksd->bkqs", qi, kb[j]).astype(jnp.float32).reshape(*top.shape, block)
             logits = jnp.where(allowed[:, None, None], logits, MASK_VALUE)
             new_top = jnp.maximum(top, logits.max(-1))
             e = jnp.exp(logits - new_top[..., None])
             fix = jnp.exp(top - new_top)
-            part = jnp.einsum("bkgqs,bskd->bkgqd", e.astype(v.dtype), vb[:, j]).astype(jnp.float32)
-            return new_top, total * fix + e.sum(-1), acc * fix[..., None] + part
+            part = jnp.einsum("bkqs,bksd->bkqd", e.astype(v.dtype).reshape(b, kh, g * block, block), vb[j])
+            return new_top, total * fix + e.sum(-1), acc * fix[..., None] + part.reshape(acc.shape)
 
         shape = (b, kh, g, block)
         init = (jnp.full(shape, -jnp.inf), jnp.zeros(shape), jnp.zeros((*shape, dv)))

@@ -85,15 +85,18 @@ def _slab_rows(rows: int, groups: int) -> int:
     return int(min(128, max(8, 1 << (half.bit_length() - 1))))
 
 
-def _group_slabs(sizes: jax.Array, slab: int, body, init):
+def _group_slabs(sizes: jax.Array, slab: int, body, init, per_group=lambda g: g):
     """fori over groups g, inner while over the slabs of `slab` rows that start group g's rows:
-    body(g, row_start, carry) -> carry. The last slab of a group runs past it (into later groups' rows)."""
+    body(per_group(g), row_start, carry) -> carry, per_group evaluated once per group (e.g. its weights).
+    The last slab of a group runs past it (into later groups' rows)."""
     starts = jnp.cumsum(sizes) - sizes
 
     def group(g, carry):
+        held = per_group(g)
+
         def step(c):
             j, carry = c
-            return j + 1, body(g, starts[g] + j * slab, carry)
+            return j + 1, body(held, starts[g] + j * slab, carry)
 
         n = (sizes[g] + slab - 1) // slab
         return jax.lax.while_loop(lambda c: c[0] < n, step, (jnp.int32(0), carry))[1]
@@ -101,16 +104,22 @@ def _group_slabs(sizes: jax.Array, slab: int, body, init):
     return jax.lax.fori_loop(0, sizes.shape[0], group, init)
 
 
-def _grouped_matmul_rows(x: jax.Array, w: jax.Array, sizes: jax.Array) -> jax.Array:
-    """Groups in increasing order, so a slab running past its group is overwritten by the next group's."""
-    m, slab = x.shape[0], _slab_rows(x.shape[0], w.shape[0])
+def _grouped_matmul_rows(x: jax.Array, w: jax.Array, index, sizes: jax.Array, transpose: bool = False):
+    """Groups in increasing order, so a slab running past its group is overwritten by the next group's.
+    w: n g d f, read one group at a time at w[index, g] (transposed: its f d), never copied whole."""
+    m, slab = x.shape[0], _slab_rows(x.shape[0], w.shape[1])
     xp = jnp.pad(x, ((0, slab), (0, 0)))
 
-    def body(g, r, out):
-        y = jnp.matmul(jax.lax.dynamic_slice_in_dim(xp, r, slab), w[g])
+    def weights(g):
+        w_g = w[index, g].astype(x.dtype)
+        return w_g.T if transpose else w_g
+
+    def body(w_g, r, out):
+        y = jnp.matmul(jax.lax.dynamic_slice_in_dim(xp, r, slab), w_g)
         return jax.lax.dynamic_update_slice_in_dim(out, y.astype(out.dtype), r, 0)
 
-    return _group_slabs(sizes, slab, body, jnp.zeros((m + slab, w.shape[2]), x.dtype))[:m]
+    out = jnp.zeros((m + slab, w.shape[2] if transpose else w.shape[3]), x.dtype)
+    return _group_slabs(sizes, slab, body, out, per_group=weights)[:m]
 
 
 def _grouped_weight_grad(x: jax.Array, dy: jax.Array, sizes: jax.Array) -> jax.Array:
@@ -129,42 +138,51 @@ def _grouped_weight_grad(x: jax.Array, dy: jax.Array, sizes: jax.Array) -> jax.A
 
 
 @jax.custom_vjp
-def _grouped_matmul_cpu(x: jax.Array, w: jax.Array, sizes: jax.Array) -> jax.Array:
-    return _grouped_matmul_rows(x, w, sizes)
+def _grouped_matmul_cpu(x: jax.Array, w: jax.Array, index: jax.Array, sizes: jax.Array) -> jax.Array:
+    return _grouped_matmul_rows(x, w, index, sizes)
 
 
-def _grouped_matmul_fwd(x, w, sizes):
-    return _grouped_matmul_rows(x, w, sizes), (x, w, sizes)
+def _grouped_matmul_fwd(x, w, index, sizes):
+    return _grouped_matmul_rows(x, w, index, sizes), (x, w, index, sizes)
 
 
 def _grouped_matmul_bwd(res, dy):
-    x, w, sizes = res
-    dx = _grouped_matmul_rows(dy, w.transpose(0, 2, 1), sizes)
-    return dx, _grouped_weight_grad(x, dy, sizes).astype(w.dtype), None
+    x, w, index, sizes = res
+    dx = _grouped_matmul_rows(dy, w, index, sizes, transpose=True)
+    dw_entry = _grouped_weight_grad(x, dy, sizes).astype(w.dtype)
+    dw = jax.lax.dynamic_update_index_in_dim(jnp.zeros_like(w), dw_entry, index, 0)
+    return dx, dw, None, None
 
 
 _grouped_matmul_cpu.defvjp(_grouped_matmul_fwd, _grouped_matmul_bwd)
 
 
-def grouped_matmul(x: jax.Array, w: jax.Array, sizes: jax.Array) -> jax.Array:
+def grouped_matmul(x: jax.Array, w: jax.Array, sizes: jax.Array, index: jax.Array | int | None = None):
     """`jax.lax.ragged_dot`: rows of x in contiguous groups of `sizes`, group g times w[g]. x: m d; w: g d f
-    -> m f. On CPU, where ragged_dot multiplies every row by every group's weights, a loop over slabs of each
-    group's rows (work ~ m rows, not g * m)."""
-    return jax.lax.platform_dependent(
-        x, w, sizes, cpu=_grouped_matmul_cpu, default=lambda x, w, s: jax.lax.ragged_dot(x, w, s)
-    )
+    (or n g d f with `index` picking entry n: a layer of a stack, read per group, not sliced out whole)
+    -> m f, in x's dtype. On CPU, where ragged_dot multiplies every row by every group's weights, a loop
+    over slabs of each group's rows (work ~ m rows, not g * m)."""
+    if index is None:
+        w, index = w[None], 0
+    index = jnp.asarray(index, jnp.int32)
+
+    def ragged(x, w, index, sizes):
+        return jax.lax.ragged_dot(x, w[index].astype(x.dtype), sizes)
+
+    return jax.lax.platform_dependent(x, w, index, sizes, cpu=_grouped_matmul_cpu, default=ragged)
 
 
-def experts_ragged(p: dict, x: jax.Array, weights: jax.Array, experts: jax.Array, act: str) -> jax.Array:
-    """Token-expert pairs sorted by expert, grouped matmuls over contiguous groups. n d -> n d."""
+def experts_ragged(p: dict, x: jax.Array, weights: jax.Array, experts: jax.Array, act: str, layer=None):
+    """Token-expert pairs sorted by expert, grouped matmuls over contiguous groups; with `layer`, p's
+    kernels carry a leading layer axis and that layer is used. n d -> n d."""
     n, k = experts.shape
-    n_experts = p["gate_up"].shape[0]
+    n_experts = p["gate_up"].shape[-3]
     flat = experts.reshape(-1)  # (n k)
     order = jnp.argsort(flat, stable=True)
     sizes = jnp.bincount(flat, length=n_experts).astype(jnp.int32)
     xs = x[order // k]  # (n k) d, grouped by expert
-    h = _swiglu_halves(grouped_matmul(xs, p["gate_up"].astype(x.dtype), sizes), act)
-    ys = grouped_matmul(h, p["down"].astype(x.dtype), sizes)
+    h = _swiglu_halves(grouped_matmul(xs, p["gate_up"], sizes, layer), act)
+    ys = grouped_matmul(h, p["down"], sizes, layer)
     y = jnp.zeros_like(ys).at[order].set(ys).reshape(n, k, -1)  # back to token order
     return jnp.einsum("nk,nkd->nd", weights, y)
 
@@ -186,19 +204,29 @@ def experts_packed(p: dict, x: jax.Array, weights: jax.Array, experts: jax.Array
 
 
 def moe(
-    p: dict, x: jax.Array, *, top_k: int, norm_topk_prob: bool, act: str = "silu", impl: str = "ragged"
+    p: dict,
+    x: jax.Array,
+    *,
+    top_k: int,
+    norm_topk_prob: bool,
+    act: str = "silu",
+    impl: str = "ragged",
+    layer: jax.Array | int | None = None,
 ) -> jax.Array:
-    """Sparse MoE block (+ sigmoid-gated shared expert when `p` has one). x: ... d -> ... d."""
+    """Sparse MoE block (+ sigmoid-gated shared expert when `p` has one). x: ... d -> ... d. With `layer`,
+    the expert kernels in p["experts"] carry a leading layer axis (a stacked decoder's) and the ragged path
+    reads that layer's experts in place."""
     if impl not in MOE_IMPLS:
         raise ValueError(f"unknown MoE implementation {impl!r}; known: {MOE_IMPLS}")
     shape = x.shape
     x = x.reshape(-1, shape[-1])
     weights, experts = route(p["router"]["kernel"], x, top_k, norm_topk_prob)
-    if isinstance(p["experts"]["gate_up"], PackedKernel):
-        run = experts_packed
+    packed = isinstance(p["experts"]["gate_up"], PackedKernel)
+    if impl == "ragged" and not packed:
+        y = experts_ragged(p["experts"], x, weights, experts, act, layer)
     else:
-        run = experts_ragged if impl == "ragged" else experts_dense
-    y = run(p["experts"], x, weights, experts, act)
+        kernels = p["experts"] if layer is None else jax.tree.map(lambda a: a[layer], p["experts"])
+        y = (experts_packed if packed else experts_dense)(kernels, x, weights, experts, act)
     if "shared" in p:
         y = y + jax.nn.sigmoid(linear(p["shared_gate"], x)) * gated_mlp(p["shared"], x, act)
     return y.reshape(shape)
