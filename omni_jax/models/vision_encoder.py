@@ -8,7 +8,7 @@ for the Thinker, plus the deepstack features added after its first layers.
 Everything that depends only on `grid_thw` (patch coordinates for the 2-D rotary, the gather indices and
 weights that resample the learned position table bilinearly, the attention segments: one per image or
 video frame group) is computed on the host in numpy. Each segment starts on an attention block boundary and
-the rows are padded to a bucket, so a query block reads only its own segment's key blocks
+the rows are padded to a bucket, so a query chunk reads only its own segments' key blocks
 (omni_jax.nn.attention.segment_attention) and grids of one layout share one compilation; the merged tokens
 are compacted afterwards. The Conv3d patch embedding is one matmul (kernel = stride = the patch).
 """
@@ -33,8 +33,9 @@ from omni_jax.nn.rope import apply_rope, rope_cos_sin, rope_inv_freq
 
 LN_EPS = 1e-6
 DENSE_UP_TO = 128  # calls up to this many patches attend in one masked block
-ALIGNED_BLOCKS = (64, 32, 16)  # attention blocks of larger calls, largest first
-ALIGN_SLACK = 1.125  # most rows (segments padded to whole blocks) per patch that a block size may cost
+ALIGNED_BLOCKS = (64, 32, 16)  # block sizes the segments of larger calls may be aligned to
+CHUNK_OVERHEAD_ROWS = 128  # a query chunk's fixed cost, in query rows (small matmuls run slower on CPU)
+MAX_CHUNK_LOGITS = 1 << 24  # float32 logits one query chunk may hold (heads x rows x key span)
 MIN_BUCKET = 16
 
 # torch Conv3d weight (O, C, T, kh, kw) <-> (C, T, kh, kw, O): flattened over its first four axes it is the
@@ -194,7 +195,7 @@ class Grid(NamedTuple):
     pos_index: Any  # n 4 int32: position-table rows of the bilinear taps (r0c0, r0c1, r1c0, r1c1)
     pos_weight: Any  # n 4 float32: their weights
     segments: Any  # n int32: attention segment (one per image / video frame group; padding: -1)
-    key_block_start: Any  # n/block int32: the first key block each query block reads
+    key_block_start: Any  # chunks int32: the first key block each query chunk reads
     token_rows: Any  # n/merge_unit int32: the merged row of each merged token (valid ones first)
 
 
@@ -202,8 +203,9 @@ class Layout(NamedTuple):
     """The static shape of a call: what one compilation covers."""
 
     patches: int  # padded row count
-    block: int
-    key_blocks: int
+    block: int  # segments start on multiples of it
+    key_blocks: int  # key blocks each query chunk reads
+    query_blocks: int = 1  # blocks per query chunk (one step of the attention)
 
 
 def bucket_patches(n: int) -> int:
@@ -261,23 +263,42 @@ def _axis_taps(index: np.ndarray, size: int, side: int) -> tuple[np.ndarray, np.
     return taps, weights.astype(np.float32)
 
 
-def _segment_layout(lengths: np.ndarray, merge_unit: int) -> tuple[np.ndarray, Layout]:
+def _chunk_layouts(blocks: np.ndarray, block: int, heads: int):
+    """The layouts of segments of `blocks` blocks each aligned to `block`: every query chunk size whose
+    chunks' segments share their first key block (chunks split where it changes), within MAX_CHUNK_LOGITS.
+    Yields (segment starts, layout, chunks)."""
+    count = bucket_blocks(int(blocks.sum()))
+    key_blocks = min(count, bucket_blocks(int(blocks.max())))
+    starts = np.cumsum([0, *blocks[:-1]])
+    first = np.repeat(np.minimum(starts, count - key_blocks), blocks)  # of each non-empty block
+    splits = int(np.gcd.reduce(np.flatnonzero(np.diff(first)) + 1, initial=0))  # 0: one first key block
+    most = max(1, MAX_CHUNK_LOGITS // (heads * block * key_blocks * block))
+    for size in range(1, min(count, most) + 1):
+        if splits % size == 0:
+            yield starts * block, Layout(count * block, block, key_blocks, size), -(-count // size)
+
+
+def _segment_layout(lengths: np.ndarray, merge_unit: int, row_cost: int, heads: int):
     """Where each attention segment starts in the padded call, and the layout. Up to DENSE_UP_TO patches the
-    segments are packed into one block (masked dense attention); beyond, each starts on a block boundary
-    (the largest block whose padding stays within ALIGN_SLACK), so a query block reads only the key blocks of
-    its own segment."""
+    segments are packed into one block (masked dense attention); beyond, each starts on a block boundary, so
+    a query chunk reads only the key blocks of its own segments. Of the block and chunk sizes, the cheapest:
+    rows x row_cost (the linears, in logits per row) plus the logits computed."""
     n = int(lengths.sum())
     if n <= DENSE_UP_TO:
         size = bucket_patches(n)
         return np.cumsum([0, *lengths[:-1]]), Layout(size, size, 1)
-    for block in ALIGNED_BLOCKS:
-        block = math.lcm(block, merge_unit)
-        blocks = -(-lengths // block)
-        if blocks.sum() * block <= ALIGN_SLACK * n:
-            break
-    count = bucket_blocks(int(blocks.sum()))
-    layout = Layout(count * block, block, min(count, bucket_blocks(int(blocks.max()))))
-    return np.cumsum([0, *blocks[:-1]]) * block, layout
+
+    def cost(option) -> float:
+        _, layout, chunks = option
+        rows = layout.query_blocks * layout.block
+        logits = chunks * (rows + CHUNK_OVERHEAD_ROWS) * layout.key_blocks * layout.block
+        return layout.patches * row_cost + logits
+
+    options = []
+    for block in (math.lcm(b, merge_unit) for b in ALIGNED_BLOCKS):
+        options += _chunk_layouts(-(-lengths // block), block, heads)
+    starts, layout, _ = min(options, key=cost)
+    return starts, layout
 
 
 def grid_tables(config: VisionConfig, grid_thw: Any) -> tuple[Grid, Layout]:
@@ -285,7 +306,8 @@ def grid_tables(config: VisionConfig, grid_thw: Any) -> tuple[Grid, Layout]:
     grid = check_grid(config, grid_thw)
     m, side, unit = config.spatial_merge_size, config.side, config.merge_unit
     lengths = np.repeat(grid[:, 1] * grid[:, 2], grid[:, 0])  # one segment per (item, t)
-    starts, layout = _segment_layout(lengths, unit)
+    row_cost = 2 * config.hidden_size + config.intermediate_size  # qkv, proj, MLP flops / attention's per key
+    starts, layout = _segment_layout(lengths, unit, row_cost, config.num_heads)
     size = layout.patches
     positions, pos_index = np.zeros((size, 2), np.int32), np.zeros((size, 4), np.int32)
     pos_weight, segments = np.zeros((size, 4), np.float32), np.full(size, -1, np.int32)
@@ -302,9 +324,10 @@ def grid_tables(config: VisionConfig, grid_thw: Any) -> tuple[Grid, Layout]:
             segment += 1
     valid = np.flatnonzero(segments >= 0)
     tokens = valid[::unit] // unit
-    first = np.repeat(np.minimum(starts // layout.block, size // layout.block - layout.key_blocks), lengths)
-    key_block_start = np.full(size // layout.block, size // layout.block - layout.key_blocks, np.int32)
-    np.minimum.at(key_block_start, valid // layout.block, first.astype(np.int32))
+    blocks, chunk = size // layout.block, layout.block * layout.query_blocks
+    first = np.repeat(np.minimum(starts // layout.block, blocks - layout.key_blocks), lengths)
+    key_block_start = np.full(-(-size // chunk), blocks - layout.key_blocks, np.int32)
+    np.minimum.at(key_block_start, valid // chunk, first.astype(np.int32))
     tables = Grid(
         positions=positions,
         pos_index=pos_index,
@@ -341,7 +364,7 @@ def _block(p: dict, config: VisionConfig, x, cos, sin, grid: Grid, layout: Layou
     q, k = (apply_rope(a[None].astype(jnp.float32), cos[None], sin[None])[0].astype(x.dtype) for a in (q, k))
     o = segment_attention(
         q, k, v, segments=grid.segments, key_block_start=grid.key_block_start,
-        key_blocks=layout.key_blocks, block=layout.block,
+        key_blocks=layout.key_blocks, block=layout.block, query_blocks=layout.query_blocks,
     )  # fmt: skip
     x = x + linear(p["attn"]["proj"], o.reshape(n, d))
     h = activation(config.hidden_act)(linear(p["fc1"], layer_norm(p["norm2"], x, LN_EPS)))
@@ -409,9 +432,7 @@ def encode(params: dict, config: VisionConfig, pixel_values: Any, grid_thw: Any)
     tables, layout = grid_tables(config, grid_thw)
     laid_out = np.zeros((layout.patches, pixels.shape[1]), pixels.dtype)
     laid_out[tables.segments >= 0] = pixels
-    merged, deepstack = forward(
-        params, config, jnp.asarray(laid_out), jax.tree.map(jnp.asarray, tables), layout
-    )
+    merged, deepstack = forward(params, config, laid_out, tables, layout)
     return VisionOutput(merged, deepstack, pixels.shape[0] // config.merge_unit)
 
 

@@ -200,31 +200,35 @@ def segment_attention(
     key_block_start: jax.Array,
     key_blocks: int,
     block: int,
+    query_blocks: int = 1,
     scale: float | None = None,
 ) -> jax.Array:
     """Attention inside segments (token i sees token j iff segments[i] == segments[j]) as a block structure:
-    query block n reads only the `key_blocks` key blocks from `key_block_start[n]` on, which must cover its
-    segments. q, k, v: t h d with t % block == 0; segments: t int; key_block_start: t/block int.
-    Costs O(t * key_blocks * block), not O(t^2); the softmax is normalised after the value product.
-    -> t h d."""
+    query chunk c (`query_blocks` blocks) reads only the `key_blocks` key blocks from `key_block_start[c]` on,
+    which must cover its segments. q, k, v: t h d with t % block == 0; segments: t int; key_block_start:
+    ceil(t / (block * query_blocks)) int. Costs O(t * key_blocks * block), not O(t^2); the softmax is
+    normalised after the value product. -> t h d."""
     t, h, d = q.shape
     if t % block:
         raise ValueError(f"sequence length {t} is not a multiple of the block {block}")
     scale = d**-0.5 if scale is None else scale
-    span = key_blocks * block
-    kh, vh = k.transpose(1, 0, 2), v.transpose(1, 0, 2)  # h t d, sliced along t per query block
+    span, rows = key_blocks * block, query_blocks * block
+    chunks = -(-t // rows)
+    kh, vh = k.transpose(1, 0, 2), v.transpose(1, 0, 2)  # h t d, sliced along t per query chunk
 
-    def one(args):  # one query block: blk h d, its segment ids, its first key block
+    def one(args):  # one query chunk: h rows d, its segment ids, its first key block
         qq, sq, first = args
         at = first * block
         kk, vv = (jax.lax.dynamic_slice_in_dim(x, at, span, axis=1) for x in (kh, vh))  # h span d
         sk = jax.lax.dynamic_slice_in_dim(segments, at, span)
-        logits = jnp.einsum("qhd,hkd->hqk", qq, kk).astype(jnp.float32)
+        logits = jnp.einsum("hqd,hkd->hqk", qq, kk).astype(jnp.float32)
         logits = jnp.where(sq[:, None] == sk[None, :], logits, MASK_VALUE)
         e = jnp.exp(logits - logits.max(-1, keepdims=True))
-        out = jnp.einsum("hqk,hkd->qhd", e.astype(vv.dtype), vv).astype(jnp.float32)
-        return (out / e.sum(-1).T[..., None]).astype(vv.dtype)
+        out = jnp.einsum("hqk,hkd->hqd", e.astype(vv.dtype), vv).astype(jnp.float32)
+        return (out / e.sum(-1)[..., None]).astype(vv.dtype)
 
-    q = (q.astype(jnp.float32) * scale).astype(q.dtype)
-    blocks = (q.reshape(t // block, block, h, d), segments.reshape(t // block, block), key_block_start)
-    return jax.lax.map(one, blocks).reshape(t, h, -1)
+    q = jnp.pad((q.astype(jnp.float32) * scale).astype(q.dtype), ((0, chunks * rows - t), (0, 0), (0, 0)))
+    sq = jnp.pad(segments, (0, chunks * rows - t), constant_values=-1).reshape(chunks, rows)
+    q = q.reshape(chunks, rows, h, d).transpose(0, 2, 1, 3)  # c h rows d
+    out = jax.lax.map(one, (q, sq, key_block_start))  # c h rows d
+    return out.transpose(0, 2, 1, 3).reshape(chunks * rows, h, d)[:t]
