@@ -28,7 +28,7 @@ CONFIG = {
 }  # fmt: skip
 
 CHILD = {
-    "ours": "from omni_jax.convert.pipeline import to_jax; to_jax(sys.argv[1], sys.argv[2], fmt=sys.argv[3])",
+    "ours": "from omni_jax.convert.run import to_jax; to_jax(sys.argv[1], sys.argv[2], fmt=sys.argv[3])",
     "naive": "from safetensors.numpy import load_file; from pathlib import Path; "
     "state = [load_file(f) for f in sorted(Path(sys.argv[1]).glob('*.safetensors'))]",
 }

@@ -51,6 +51,7 @@ def small_config() -> dict:
     config = copy.deepcopy(TINY)
     config["thinker_config"]["audio_config"].update(SMALL_AUDIO)
     config["thinker_config"]["text_config"].update(SMALL_TEXT)
+    config["thinker_config"]["vision_config"].update(out_hidden_size=SMALL_TEXT["hidden_size"])
     return config
 
 
@@ -64,6 +65,7 @@ def config_300m() -> dict:
         rope_scaling={"rope_type": "default", "mrope_section": [8, 12, 12]},
     )  # fmt: skip
     config["thinker_config"]["audio_config"].update(output_dim=1024)
+    config["thinker_config"]["vision_config"].update(out_hidden_size=1024)
     return config
 
 
