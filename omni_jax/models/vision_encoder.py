@@ -207,6 +207,11 @@ class Layout(NamedTuple):
     key_blocks: int  # key blocks each query chunk reads
     query_blocks: int = 1  # blocks per query chunk (one step of the attention)
 
+    @property
+    def chunks(self) -> int:
+        """Query chunks the attention steps through (the last may run past the rows)."""
+        return -(-self.patches // (self.block * self.query_blocks))
+
 
 def bucket_patches(n: int) -> int:
     """Padded row count of a small call (one attention block): a power of two, at least MIN_BUCKET."""
@@ -266,7 +271,7 @@ def _axis_taps(index: np.ndarray, size: int, side: int) -> tuple[np.ndarray, np.
 def _chunk_layouts(blocks: np.ndarray, block: int, heads: int):
     """The layouts of segments of `blocks` blocks each aligned to `block`: every query chunk size whose
     chunks' segments share their first key block (chunks split where it changes), within MAX_CHUNK_LOGITS.
-    Yields (segment starts, layout, chunks)."""
+    Yields (segment starts, layout)."""
     count = bucket_blocks(int(blocks.sum()))
     key_blocks = min(count, bucket_blocks(int(blocks.max())))
     starts = np.cumsum([0, *blocks[:-1]])
@@ -275,10 +280,12 @@ def _chunk_layouts(blocks: np.ndarray, block: int, heads: int):
     most = max(1, MAX_CHUNK_LOGITS // (heads * block * key_blocks * block))
     for size in range(1, min(count, most) + 1):
         if splits % size == 0:
-            yield starts * block, Layout(count * block, block, key_blocks, size), -(-count // size)
+            yield starts * block, Layout(count * block, block, key_blocks, size)
 
 
-def _segment_layout(lengths: np.ndarray, merge_unit: int, row_cost: int, heads: int):
+def _segment_layout(
+    lengths: np.ndarray, merge_unit: int, row_cost: int, heads: int
+) -> tuple[np.ndarray, Layout]:
     """Where each attention segment starts in the padded call, and the layout. Up to DENSE_UP_TO patches the
     segments are packed into one block (masked dense attention); beyond, each starts on a block boundary, so
     a query chunk reads only the key blocks of its own segments. Of the block and chunk sizes, the cheapest:
@@ -289,16 +296,15 @@ def _segment_layout(lengths: np.ndarray, merge_unit: int, row_cost: int, heads: 
         return np.cumsum([0, *lengths[:-1]]), Layout(size, size, 1)
 
     def cost(option) -> float:
-        _, layout, chunks = option
+        layout = option[1]
         rows = layout.query_blocks * layout.block
-        logits = chunks * (rows + CHUNK_OVERHEAD_ROWS) * layout.key_blocks * layout.block
+        logits = layout.chunks * (rows + CHUNK_OVERHEAD_ROWS) * layout.key_blocks * layout.block
         return layout.patches * row_cost + logits
 
     options = []
     for block in (math.lcm(b, merge_unit) for b in ALIGNED_BLOCKS):
         options += _chunk_layouts(-(-lengths // block), block, heads)
-    starts, layout, _ = min(options, key=cost)
-    return starts, layout
+    return min(options, key=cost)
 
 
 def grid_tables(config: VisionConfig, grid_thw: Any) -> tuple[Grid, Layout]:
@@ -324,10 +330,10 @@ def grid_tables(config: VisionConfig, grid_thw: Any) -> tuple[Grid, Layout]:
             segment += 1
     valid = np.flatnonzero(segments >= 0)
     tokens = valid[::unit] // unit
-    blocks, chunk = size // layout.block, layout.block * layout.query_blocks
+    blocks = size // layout.block
     first = np.repeat(np.minimum(starts // layout.block, blocks - layout.key_blocks), lengths)
-    key_block_start = np.full(-(-size // chunk), blocks - layout.key_blocks, np.int32)
-    np.minimum.at(key_block_start, valid // chunk, first.astype(np.int32))
+    key_block_start = np.full(layout.chunks, blocks - layout.key_blocks, np.int32)
+    np.minimum.at(key_block_start, valid // (layout.block * layout.query_blocks), first.astype(np.int32))
     tables = Grid(
         positions=positions,
         pos_index=pos_index,
