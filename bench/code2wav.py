@@ -5,7 +5,7 @@ the per-code cost of a whole stream of the same frames fed 1, 4 and 25 frames pe
 decode (torch's for 1 frame per step, JAX's own for 4 and 25: the issue's goal is within 1.25x of it). All
 timings are interleaved (one call of each per round, `paired_median_times`) so that load on a shared box hits
 every row alike; `uptime`'s load average is printed to stderr. JAX runs the CPU layout
-(`code2wav.unstack_layers`), as the Qwen3-Omni pipeline does. No GPU rows: none is lent to this task.
+(`code2wav.cpu_layout`), as the Qwen3-Omni pipeline does. No GPU rows: none is lent to this task.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def main() -> None:
     specs = c2w.param_specs(config)
     params = init_params(specs, jax.random.key(0))
     module = torch_module(params, config, specs)
-    params = c2w.unstack_layers(params)  # the CPU layout the pipeline decodes with
+    params = c2w.cpu_layout(params, config)  # the CPU layout the pipeline decodes with
     frames = args.frames
     codes = np.random.default_rng(0).integers(0, config.codebook_size, (1, config.num_quantizers, frames))
     codes_t = torch.from_numpy(codes)

@@ -36,6 +36,7 @@ from omni_jax.nn.layers import (
     layer_norm_spec,
     linear,
     linear_spec,
+    polyphase,
     rms_norm,
     rms_norm_spec,
     snake_beta,
@@ -299,7 +300,7 @@ def _pre_transformer(
         h, k, v = _layer(lp, config, h, k_cache, v_cache, (cos, sin), mask[None, None])
         return h, (k, v)
 
-    if isinstance(p["layers"], tuple):  # `unstack_layers`: unrolled, no per-call copy of each layer's weights
+    if isinstance(p["layers"], tuple):  # `cpu_layout`: unrolled, no per-call copy of each layer's weights
         new = []
         for i, lp in enumerate(p["layers"]):
             x, kv_i = layer(x, (lp, kv["k"][i], kv["v"][i]))
@@ -310,11 +311,35 @@ def _pre_transformer(
     return rms_norm(p["norm"], x, config.rms_norm_eps), {"k": k, "v": v}
 
 
-def unstack_layers(params: dict) -> dict:
-    """The same parameters with the pre-transformer's layers as a tuple of per-layer trees: on CPU, XLA then
-    reads each weight once per call instead of copying each layer's slice first (a stream reads all weights
-    at every step)."""
-    return {**params, "pre_transformer": decoder.unstack_layers(params["pre_transformer"])}
+def cpu_layout(params: dict, config: Config) -> dict:
+    """The parameters laid out for float32 inference on one CPU device, as the Qwen3-Omni pipeline decodes:
+    the pre-transformer's layers unrolled and its linears and the ConvNeXt linears packed (a stream reads
+    every weight at each step; `decoder.cpu_layout`), and each transposed conv's kernel in the polyphase
+    layout it runs in, arranged once instead of at every call."""
+    upsample = {}
+    for i, ratio in enumerate(config.upsampling_ratios):
+        p = params["upsample"][str(i)]
+        linears = decoder.pack_kernels({"pwconv1": p["pwconv1"], "pwconv2": p["pwconv2"]})
+        upsample[str(i)] = _polyphase_tconv({**p, **linears}, ratio)
+    blocks = {
+        str(i): _polyphase_tconv(params["decoder"]["blocks"][str(i)], rate)
+        for i, rate in enumerate(config.upsample_rates)
+    }
+    pre = decoder.unstack_layers(params["pre_transformer"])
+    return {
+        **params,
+        "pre_transformer": {**pre, "layers": decoder.pack_kernels(pre["layers"])},
+        "upsample": upsample,
+        "decoder": {**params["decoder"], "blocks": blocks},
+    }
+
+
+def _polyphase(p: dict, stride: int) -> dict:
+    return {**p, "kernel": polyphase(p["kernel"], stride)}
+
+
+def _polyphase_tconv(block: dict, stride: int) -> dict:
+    return {**block, "tconv": _polyphase(block["tconv"], stride)}
 
 
 def _layer(p, config, x, k_cache, v_cache, rope, mask):  # x: b m d; caches: b w-1 kh hd
@@ -341,10 +366,9 @@ def _causal_conv(p: dict, x: jax.Array, ctx: jax.Array, *, dilation: int = 1, gr
     return y, full[:, full.shape[1] - ctx.shape[1] :]
 
 
-def _trans_conv(p: dict, x: jax.Array, ctx: jax.Array, stride: int):
+def _trans_conv(p: dict, x: jax.Array, ctx: jax.Array, stride: int, kernel: int):
     """HF CausalTransConvNet (kernel K = taps * stride, trimmed by K - stride at both ends) on new steps x
     given ctx, the last taps - 1 inputs (none before the first step). -> (b (ctx+t-taps+1)*stride o, ctx)."""
-    kernel = p["kernel"].shape[0]
     full = jnp.concatenate([ctx, x], axis=1)
     y = conv_transpose1d(p, full, stride=stride)
     trim = kernel - stride
@@ -353,7 +377,7 @@ def _trans_conv(p: dict, x: jax.Array, ctx: jax.Array, stride: int):
 
 def _upsample_stage(p: dict, x: jax.Array, ctx: dict, ratio: int):
     """Transposed conv (k = s = ratio) then a ConvNeXt block. x: b t d -> b t*ratio d."""
-    x, tconv = _trans_conv(p["tconv"], x, ctx["tconv"], ratio)
+    x, tconv = _trans_conv(p["tconv"], x, ctx["tconv"], ratio, kernel=ratio)
     h, dwconv = _causal_conv(p["dwconv"], x, ctx["dwconv"], groups=x.shape[-1])
     h = layer_norm(p["norm"], h, CONVNEXT_EPS)
     h = linear(p["pwconv2"], activation("gelu")(linear(p["pwconv1"], h)))
@@ -362,7 +386,7 @@ def _upsample_stage(p: dict, x: jax.Array, ctx: dict, ratio: int):
 
 def _decoder_block(p: dict, x: jax.Array, ctx: dict, rate: int):
     """SnakeBeta, transposed conv (k = 2 rate, s = rate), three dilated residual units. b t c -> b t' c/2."""
-    x, tconv = _trans_conv(p["tconv"], snake_beta(p["snake"], x), ctx["tconv"], rate)
+    x, tconv = _trans_conv(p["tconv"], snake_beta(p["snake"], x), ctx["tconv"], rate, kernel=2 * rate)
     units = {}
     for u, dilation in enumerate(DILATIONS):
         unit = p["units"][str(u)]

@@ -275,22 +275,24 @@ def pack_linears(params: dict, config: Config) -> dict:
     (`nn.packed`: ~2x faster CPU decode; packed experts run only the experts tokens pick); a tied lm_head
     gets a packed copy of the embedding. Stacked or unstacked layers; routers stay as they are. For float32
     CPU inference."""
-
-    def pack_tree(name, tree):
-        if isinstance(tree, tuple):  # unstacked layers
-            return tuple(pack_tree(name, t) for t in tree)
-        if not isinstance(tree, dict) or name in ("embed", "router", "shared_gate"):
-            return tree
-        if "kernel" in tree:
-            return {**tree, "kernel": pack(tree["kernel"])}
-        if name == "experts":
-            return {k: pack(v) for k, v in tree.items()}
-        return {k: pack_tree(k, v) for k, v in tree.items()}
-
-    packed = pack_tree("", params)
+    packed = pack_kernels(params)
     if config.lm_head and config.tie_word_embeddings:
         packed["lm_head"] = {"kernel": pack(params["embed"]["embedding"].T)}
     return packed
+
+
+def pack_kernels(tree, name: str = ""):
+    """Every linear kernel (and expert kernel) of a tree of layers as a `PackedKernel`; embeddings, routers
+    and shared-expert gates stay as they are."""
+    if isinstance(tree, tuple):  # unstacked layers
+        return tuple(pack_kernels(t, name) for t in tree)
+    if not isinstance(tree, dict) or name in ("embed", "router", "shared_gate"):
+        return tree
+    if "kernel" in tree:
+        return {**tree, "kernel": pack(tree["kernel"])}
+    if name == "experts":
+        return {k: pack(v) for k, v in tree.items()}
+    return {k: pack_kernels(v, k) for k, v in tree.items()}
 
 
 def cpu_layout(params: dict, config: Config) -> dict:

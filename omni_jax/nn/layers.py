@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 
@@ -192,16 +193,42 @@ def conv_transpose1d_spec(c_in: int, c_out: int, kernel: int, *, bias: bool = Tr
     return spec
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class PolyphaseKernel:
+    """A transposed-conv kernel (K, c_in, c_out) laid out once as the stride-1 conv kernel
+    (taps, c_in, stride * c_out) that `conv_transpose1d` runs, so a call does not re-arrange the weights."""
+
+    taps: jax.Array
+    size: int = dataclasses.field(metadata=dict(static=True))  # K
+    stride: int = dataclasses.field(metadata=dict(static=True))
+
+
+def polyphase(kernel: jax.Array, stride: int) -> PolyphaseKernel:
+    """kernel K c_in c_out -> taps ceil(K / stride), c_in, stride c_out: phase q of tap j is
+    kernel[j * stride + q], taps flipped to turn the scatter into a cross-correlation."""
+    k, c_in, c_out = kernel.shape
+    taps = -(-k // stride)
+    w = jnp.pad(kernel, ((0, taps * stride - k), (0, 0), (0, 0))).reshape(taps, stride, c_in, c_out)
+    return PolyphaseKernel(w[::-1].transpose(0, 2, 1, 3).reshape(taps, c_in, stride * c_out), k, stride)
+
+
 def conv_transpose1d(p: dict, x: jax.Array, *, stride: int = 1, precision=None) -> jax.Array:
     """torch ConvTranspose1d without padding: x b t c_in -> b (t-1)*stride+K c_out. Runs as a polyphase
-    stride-1 conv (one output phase per stride position), so no zeros are multiplied."""
-    k, c_in, c_out = p["kernel"].shape
-    taps = -(-k // stride)
-    w = jnp.pad(p["kernel"].astype(x.dtype), ((0, taps * stride - k), (0, 0), (0, 0)))
-    # w[j*stride + q] is tap j of phase q; flip the taps to turn the scatter into a cross-correlation
-    w = w.reshape(taps, stride, c_in, c_out)[::-1].transpose(0, 2, 1, 3).reshape(taps, c_in, stride * c_out)
-    y = conv1d({"kernel": w}, x, padding=taps - 1, precision=precision)  # b t+taps-1 (stride c_out)
-    y = y.reshape(x.shape[0], -1, c_out)[:, : (x.shape[1] - 1) * stride + k]
+    stride-1 conv (one output phase per stride position), so no zeros are multiplied; a `PolyphaseKernel`
+    is used as it is."""
+    kernel = p["kernel"]
+    if not isinstance(kernel, PolyphaseKernel):
+        kernel = polyphase(kernel.astype(x.dtype), stride)
+    elif kernel.stride != stride:
+        raise ValueError(f"polyphase kernel laid out for stride {kernel.stride}, called with stride {stride}")
+    taps = kernel.taps.shape[0]
+    y = conv1d(
+        {"kernel": kernel.taps.astype(x.dtype)}, x, padding=taps - 1, precision=precision
+    )  # b t+taps-1 (stride c_out)
+    y = y.reshape(x.shape[0], -1, kernel.taps.shape[-1] // stride)[
+        :, : (x.shape[1] - 1) * stride + kernel.size
+    ]
     if "bias" in p:
         y = y + p["bias"].astype(y.dtype)
     return y

@@ -88,11 +88,11 @@ def test_forward_parity(decoded, frames):
     assert np.abs(ours).max() <= 1.0
 
 
-def test_unstacked_layers_match_transformers(tiny, decoded):
-    """The CPU layout (pre-transformer layers unrolled) decodes as transformers."""
+def test_cpu_layout_matches_transformers(tiny, decoded):
+    """The CPU layout (unrolled packed pre-transformer, polyphase transposed convs) matches transformers."""
     _, config, params = tiny
     reference, _ = decoded(FRAMES[0])
-    ours = np.asarray(c2w.code2wav(c2w.unstack_layers(params), config, _codes(FRAMES[0])))
+    ours = np.asarray(c2w.code2wav(c2w.cpu_layout(params, config), config, _codes(FRAMES[0])))
     assert np.abs(reference - ours).max() <= parity.MODULE_ATOL
 
 

@@ -12,8 +12,8 @@ qwen3_omni.speech).
 Generation stops at `<|im_end|>` (the config's im_end_token_id, transformers' thinker EOS). The talker's
 settings take transformers' stage-prefixed names and defaults (talker_max_new_tokens 4096, talker_do_sample
 True, talker_temperature 0.9, talker_top_k 50, talker_top_p 1.0, talker_repetition_penalty 1.05). On CPU the
-decoders run in `decoder.cpu_layout` (omni_jax.families.base.decode_layout) and Code2Wav with
-unstacked layers (`code2wav.unstack_layers`).
+decoders run in `decoder.cpu_layout` (omni_jax.families.base.decode_layout) and Code2Wav in
+`code2wav.cpu_layout`.
 """
 
 from __future__ import annotations
@@ -278,7 +278,7 @@ def load(path, *, dtype=None) -> Pipeline:
         speech_config = speech.SpeechConfig.from_hf(hf_config)
         kept["talker"] = speech.decode_layout(params["talker"], speech_config.talker)
         c2w = params["code2wav"]
-        kept["code2wav"] = code2wav.unstack_layers(c2w) if on_one_cpu(c2w) else c2w
+        kept["code2wav"] = code2wav.cpu_layout(c2w, speech_config.code2wav) if on_one_cpu(c2w) else c2w
     return Pipeline(
         config,
         kept,
