@@ -12,7 +12,8 @@ import numpy as np
 from omni_jax.convert.keymap import LINEAR, Rule, linear_rules  # noqa: F401 (re-exported)
 from omni_jax.nn.attention import blocked_attention
 from omni_jax.nn.layers import activation, layer_norm, layer_norm_spec, linear, linear_spec
-from omni_jax.nn.params import stacked
+from omni_jax.nn.packed import pack_kernels
+from omni_jax.nn.params import stacked, unstack
 
 LN_EPS = 1e-5  # every LayerNorm of these encoders (torch default; configs do not set it)
 
@@ -121,10 +122,21 @@ def encoder_layer(
     return x
 
 
-def encoder_stack(layers: dict, x: jax.Array, attend: Attend, **kw) -> jax.Array:
-    """All stacked layers under lax.scan. x: b t d."""
+def encoder_stack(layers: dict | tuple, x: jax.Array, attend: Attend, **kw) -> jax.Array:
+    """All layers: stacked under lax.scan, or unrolled when `layers` is a tuple of per-layer trees
+    (`unrolled_packed`). x: b t d."""
+    if isinstance(layers, tuple):
+        for p in layers:
+            x = encoder_layer(p, x, attend, **kw)
+        return x
 
     def body(h, p):
         return encoder_layer(p, h, attend, **kw), None
 
     return jax.lax.scan(body, x, layers)[0]
+
+
+def unrolled_packed(layers: dict) -> tuple:
+    """Stacked layers as a tuple of per-layer trees with packed linears (`nn.packed`): on one CPU device XLA
+    then neither copies each layer's slice of the stack nor repacks the weights at every call."""
+    return pack_kernels(unstack(layers))

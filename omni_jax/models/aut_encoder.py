@@ -29,6 +29,7 @@ from omni_jax.models.audio_common import (
     norm_rules,
     sinusoids,
     sub_config,
+    unrolled_packed,
 )
 from omni_jax.nn.attention import windowed_attention
 from omni_jax.nn.layers import (
@@ -40,9 +41,11 @@ from omni_jax.nn.layers import (
     linear,
     linear_spec,
 )
+from omni_jax.nn.packed import pack_kernels
 
 CHUNK = 100  # mel frames per conv chunk (2 * n_window; transformers hard-codes the 13 tokens it yields)
 CHUNK_TOKENS = 13
+CONV_GROUP = 4  # chunks per conv step: XLA:CPU's conv2d runs at ~60 % of its rate from 6 chunks on
 
 
 def audio_token_count(frames):
@@ -155,7 +158,11 @@ def _conv_stack(params: dict, x: jax.Array, pad_len: jax.Array) -> jax.Array:
 def _chunk_tokens(params: dict, config: AuTConfig, chunks: jax.Array, chunk_lengths: jax.Array, pad_len):
     """chunks: n mel 100 with chunk_lengths n valid frames (0 for padding chunks). -> (n 13 d, valid n 13)."""
     x = jnp.where(jnp.arange(CHUNK) < chunk_lengths[:, None, None], chunks, 0)[..., None]
-    x = _conv_stack(params, x.astype(params["conv1"]["kernel"].dtype), pad_len)
+    x = jax.lax.map(
+        lambda c: _conv_stack(params, c[None], pad_len)[0],
+        x.astype(params["conv1"]["kernel"].dtype),
+        batch_size=CONV_GROUP,
+    )
     n, f, t, c = x.shape  # t = 13
     x = linear(params["conv_out"], x.transpose(0, 2, 3, 1).reshape(n, t, c * f))  # channel-major flatten
     x = x + jnp.asarray(sinusoids(t, config.d_model), x.dtype)  # positions restart in every chunk
@@ -291,7 +298,7 @@ def encode(params: dict, config: AuTConfig, features, lengths) -> tuple[jax.Arra
     features = np.asarray(features)
     pad_len = jnp.asarray(min(int(lengths.max()), CHUNK), jnp.int32)
     n = slot_count(config, int(lengths.max()))
-    out = np.zeros((len(lengths), n, config.output_dim), np.dtype(params["proj2"]["kernel"].dtype))
+    out = np.zeros((len(lengths), n, config.output_dim), np.dtype(params["ln_post"]["scale"].dtype))
     for call in plan_calls(config, lengths):
         chunks, chunk_lengths = _gather_chunks(features, lengths, call.chunks)
         tokens, _ = forward(
@@ -343,3 +350,10 @@ def check_inputs(config: AuTConfig, features, lengths) -> np.ndarray:
 def pack(out: jax.Array, valid: jax.Array) -> np.ndarray:
     """Valid tokens of every audio, concatenated in order (transformers' output layout). -> N d."""
     return np.asarray(out)[np.asarray(valid)]
+
+
+def cpu_layout(params: dict) -> dict:
+    """The parameters laid out for float32 inference on one CPU device, as the Qwen3-Omni pipeline encodes:
+    the layers unrolled with packed linears, conv_out and the projections packed (`nn.packed`)."""
+    linears = pack_kernels({k: params[k] for k in ("conv_out", "proj1", "proj2")})
+    return {**params, **linears, "layers": unrolled_packed(params["layers"])}

@@ -43,6 +43,7 @@ from omni_jax.nn.layers import (
     snake_beta_spec,
 )
 from omni_jax.nn.moe import gated_mlp, gated_mlp_spec
+from omni_jax.nn.packed import pack_kernels
 from omni_jax.nn.params import ParamSpec, stacked
 from omni_jax.nn.rope import apply_rope, rope_angles, rope_cos_sin, rope_inv_freq
 
@@ -319,7 +320,7 @@ def cpu_layout(params: dict, config: Config) -> dict:
     upsample = {}
     for i, ratio in enumerate(config.upsampling_ratios):
         p = params["upsample"][str(i)]
-        linears = decoder.pack_kernels({"pwconv1": p["pwconv1"], "pwconv2": p["pwconv2"]})
+        linears = pack_kernels({"pwconv1": p["pwconv1"], "pwconv2": p["pwconv2"]})
         upsample[str(i)] = _polyphase_tconv({**p, **linears}, ratio)
     blocks = {
         str(i): _polyphase_tconv(params["decoder"]["blocks"][str(i)], rate)
@@ -328,7 +329,7 @@ def cpu_layout(params: dict, config: Config) -> dict:
     pre = decoder.unstack_layers(params["pre_transformer"])
     return {
         **params,
-        "pre_transformer": {**pre, "layers": decoder.pack_kernels(pre["layers"])},
+        "pre_transformer": {**pre, "layers": pack_kernels(pre["layers"])},
         "upsample": upsample,
         "decoder": {**params["decoder"], "blocks": blocks},
     }

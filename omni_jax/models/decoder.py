@@ -35,8 +35,8 @@ from omni_jax.nn.cache import KVCache
 from omni_jax.nn.layers import linear, linear_spec, rms_norm, rms_norm_spec
 from omni_jax.nn.moe import MOE_IMPLS, gated_mlp, gated_mlp_spec, moe, moe_spec
 from omni_jax.nn.moe import router_logits as moe_router_logits
-from omni_jax.nn.packed import pack
-from omni_jax.nn.params import ParamSpec, stacked
+from omni_jax.nn.packed import pack, pack_kernels
+from omni_jax.nn.params import ParamSpec, stacked, unstack
 from omni_jax.nn.rope import apply_rope, mrope_angles, rope_angles, rope_cos_sin, rope_inv_freq
 from omni_jax.sharding import constrain
 
@@ -262,12 +262,7 @@ def unstack_layers(params: dict) -> dict:
     """The same parameters with the layer stacks (`layers`, `mlp`, `moe`) as tuples of per-layer trees.
     `forward` then unrolls the layers instead of scanning; on CPU this avoids XLA copying each layer's slice
     of the stacked weights before its matmuls (decode reads every weight once per step)."""
-
-    def split(tree):
-        n = jax.tree.leaves(tree)[0].shape[0]
-        return tuple(jax.tree.map(lambda a, i=i: a[i], tree) for i in range(n))
-
-    return {k: split(v) if k in ("layers", "mlp", "moe") else v for k, v in params.items()}
+    return {k: unstack(v) if k in ("layers", "mlp", "moe") else v for k, v in params.items()}
 
 
 def pack_linears(params: dict, config: Config) -> dict:
@@ -279,20 +274,6 @@ def pack_linears(params: dict, config: Config) -> dict:
     if config.lm_head and config.tie_word_embeddings:
         packed["lm_head"] = {"kernel": pack(params["embed"]["embedding"].T)}
     return packed
-
-
-def pack_kernels(tree, name: str = ""):
-    """Every linear kernel (and expert kernel) of a tree of layers as a `PackedKernel`; embeddings, routers
-    and shared-expert gates stay as they are."""
-    if isinstance(tree, tuple):  # unstacked layers
-        return tuple(pack_kernels(t, name) for t in tree)
-    if not isinstance(tree, dict) or name in ("embed", "router", "shared_gate"):
-        return tree
-    if "kernel" in tree:
-        return {**tree, "kernel": pack(tree["kernel"])}
-    if name == "experts":
-        return {k: pack(v) for k, v in tree.items()}
-    return {k: pack_kernels(v, k) for k, v in tree.items()}
 
 
 def cpu_layout(params: dict, config: Config) -> dict:

@@ -36,6 +36,20 @@ def pack(kernel: jax.Array) -> PackedKernel:
     return PackedKernel(jnp.swapaxes(padded.reshape(*lead, k, groups, PANEL), -3, -2), n)
 
 
+def pack_kernels(tree, name: str = ""):
+    """Every linear kernel (and expert kernel) of a tree of layers as a `PackedKernel`; embeddings, routers
+    and shared-expert gates stay as they are. Tuples (unstacked layers) are packed layer by layer."""
+    if isinstance(tree, tuple):
+        return tuple(pack_kernels(t, name) for t in tree)
+    if not isinstance(tree, dict) or name in ("embed", "router", "shared_gate"):
+        return tree
+    if "kernel" in tree:
+        return {**tree, "kernel": pack(tree["kernel"])}
+    if name == "experts":
+        return {k: pack(v) for k, v in tree.items()}
+    return {k: pack_kernels(v, k) for k, v in tree.items()}
+
+
 def unpack(packed: PackedKernel) -> jax.Array:
     """The kernel ... k n back from its panels."""
     *lead, groups, k, _ = packed.panels.shape

@@ -42,6 +42,12 @@ def stacked(specs: Any, n: int, axis: str | None = "layers") -> Any:
     return map_specs(lambda s: dataclasses.replace(s, shape=(n, *s.shape), axes=(axis, *s.axes)), specs)
 
 
+def unstack(tree) -> tuple:
+    """A stacked tree (every leaf with a leading layer axis) as a tuple of per-layer trees."""
+    n = jax.tree.leaves(tree)[0].shape[0]
+    return tuple(jax.tree.map(lambda a, i=i: a[i], tree) for i in range(n))
+
+
 def _normal(key, spec, dtype):
     return spec.scale * jax.random.normal(key, spec.shape, dtype)
 

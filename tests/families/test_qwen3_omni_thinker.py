@@ -108,7 +108,11 @@ def test_compare_and_compare_generate(model, inputs):
 def test_checkpoint_layouts_give_the_same_parameters(folder, model, pipe, tmp_path):
     """Hub per-expert keys (the saved folder), the in-memory fused layout and an omni_jax conversion agree."""
     config, fused = parity.from_torch(model)
-    fused = {**fused, "thinker": decode_layout(fused["thinker"], config.text)}  # the pipelines' CPU layout
+    fused = {  # the pipelines' CPU layout
+        **fused,
+        "thinker": decode_layout(fused["thinker"], config.text),
+        "audio_encoder": thinker.aut_encoder.cpu_layout(fused["audio_encoder"]),
+    }
     convert.to_jax(folder, tmp_path / "jax")
     converted = qwen3_omni.load(tmp_path / "jax")
     for tree in (pipe.params, converted.params):

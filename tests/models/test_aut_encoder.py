@@ -156,3 +156,16 @@ def test_bad_inputs(converted):
         aut.encode(params, config, feats[0], np.array([120]))
     with pytest.raises(ValueError, match="n_window"):
         aut.AuTConfig.from_hf(dict(TINY, n_window=4, max_source_positions=1500))
+
+
+@pytest.mark.parametrize("lengths", [[650], [330, 130, 1]])
+def test_cpu_layout_matches_transformers(module, converted, lengths):
+    """The CPU layout (unrolled layers, packed linears) encodes as transformers."""
+    config, params = converted
+    feats, lens = audios(lengths)
+    with torch.no_grad():
+        want = module(feats, lens).last_hidden_state.numpy()
+    per_audio = np.split(feats.numpy(), np.cumsum(lengths)[:-1], axis=1)
+    padded = np.stack([np.pad(f, ((0, 0), (0, max(lengths) - f.shape[1]))) for f in per_audio])
+    got = aut.pack(*aut.encode(aut.cpu_layout(params), config, padded, np.array(lengths)))
+    np.testing.assert_allclose(got, want, atol=parity.MODULE_ATOL)

@@ -12,8 +12,8 @@ qwen3_omni.speech).
 Generation stops at `<|im_end|>` (the config's im_end_token_id, transformers' thinker EOS). The talker's
 settings take transformers' stage-prefixed names and defaults (talker_max_new_tokens 4096, talker_do_sample
 True, talker_temperature 0.9, talker_top_k 50, talker_top_p 1.0, talker_repetition_penalty 1.05). On CPU the
-decoders run in `decoder.cpu_layout` (omni_jax.families.base.decode_layout) and Code2Wav in
-`code2wav.cpu_layout`.
+decoders run in `decoder.cpu_layout` (omni_jax.families.base.decode_layout), the audio encoder in
+`aut_encoder.cpu_layout` and Code2Wav in `code2wav.cpu_layout`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from omni_jax.families.qwen3_omni import system as thinker
 from omni_jax.families.qwen3_omni.checkpoint import MAPS
 from omni_jax.families.qwen3_omni.processor import Qwen3OmniProcessor
 from omni_jax.inference.sampling import GREEDY, Sampling
-from omni_jax.models import code2wav
+from omni_jax.models import aut_encoder, code2wav
 from omni_jax.models.code2wav import SAMPLE_RATE
 from omni_jax.processing.common import as_clips, as_requests, check_audio_length
 
@@ -268,8 +268,9 @@ def load(path, *, dtype=None) -> Pipeline:
     """An HF Qwen3-Omni folder (`model_type` qwen3_omni_moe) or its omni_jax conversion. The thinker with its
     audio and vision encoders is required; the talker and code2wav, when present, give speech output."""
     path, hf_config, config, params = load_checkpoint(path, MAPS, thinker, thinker.ThinkerConfig, dtype)
+    audio = params["audio_encoder"]
     kept = {
-        "audio_encoder": params["audio_encoder"],
+        "audio_encoder": aut_encoder.cpu_layout(audio) if on_one_cpu(audio) else audio,
         "thinker": decode_layout(params["thinker"], config.text),
         **{k: params[k] for k in ("vision_encoder",) if k in params},
     }
