@@ -194,13 +194,13 @@ def load_image(image: Any) -> np.ndarray:
     return _composite_rgba(array) if array.shape[0] == 4 else array
 
 
-def _level_table(config: VisionProcessorConfig, channels: int) -> np.ndarray:
-    """The fused rescale + normalise of every uint8 level per channel, (x - mean/rescale) / (std/rescale) in
-    float32 as transformers computes it elementwise. -> c 256 float32."""
+def _normalisation(config: VisionProcessorConfig, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """transformers' fused rescale + normalise, x -> (x - mean/rescale) / (std/rescale) in float32: the shift
+    and the divisor of each channel, shaped to broadcast over a patch's (C, T, row, col) features."""
     inv = np.float32(1.0 / config.rescale_factor)
-    mean = np.asarray(config.image_mean, np.float32)[:channels, None] * inv
-    std = np.asarray(config.image_std, np.float32)[:channels, None] * inv
-    return (np.arange(256, dtype=np.float32) - mean) / std
+    mean = np.asarray(config.image_mean, np.float32)[:channels] * inv
+    std = np.asarray(config.image_std, np.float32)[:channels] * inv
+    return mean.reshape(-1, 1, 1, 1), std.reshape(-1, 1, 1, 1)
 
 
 def _grid(frames: int, height: int, width: int, config: VisionProcessorConfig) -> tuple[int, int, int]:
@@ -210,21 +210,19 @@ def _grid(frames: int, height: int, width: int, config: VisionProcessorConfig) -
 
 
 def _patchify(frames: np.ndarray, config: VisionProcessorConfig, out: np.ndarray) -> None:
-    """uint8 frames t 3 h w (t a multiple of the temporal patch) -> normalised float32 patches written to out
-    (t'h'w' x features): features (C, T, row, col), patches in 2x2 merge blocks. One transposing copy of the
-    uint8 levels, then each looked up once (in one table when the channels share their statistics)."""
+    """uint8 frames t 3 h w (t a multiple of the temporal patch, or 1: an image, the same in every temporal
+    slot) -> normalised float32 patches written to out (t'h'w' x features): features (C, T, row, col), patches
+    in 2x2 merge blocks. One transposing copy of the uint8 levels (an image's once, not per temporal slot),
+    then transformers' float32 subtract and divide straight into out."""
     p, m, tp = config.patch_size, config.merge_size, config.temporal_patch_size
     t, ch, h, w = frames.shape
     gt, gh, gw = _grid(t, h, w, config)
-    x = frames.reshape(gt, tp, ch, gh // m, m, p, gw // m, m, p).transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
-    levels = np.ascontiguousarray(x)  # gt br bc ir ic C T pr pc
-    target = out.reshape(levels.shape)
-    tables = _level_table(config, ch)
-    if (tables == tables[0]).all():
-        np.take(tables[0], levels, out=target, mode="clip")  # levels are always in range
-        return
-    for c, table in enumerate(tables):
-        np.take(table, levels[..., c, :, :, :], out=target[..., c, :, :, :], mode="clip")
+    x = frames.reshape(gt, -1, ch, gh // m, m, p, gw // m, m, p).transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
+    levels = np.ascontiguousarray(x)  # gt br bc ir ic C T pr pc (T = 1 for an image)
+    target = out.reshape(*levels.shape[:6], tp, p, p)
+    shift, divisor = _normalisation(config, ch)
+    np.subtract(levels, shift, out=target, dtype=np.float32)  # an image's levels broadcast over T
+    np.divide(target, divisor, out=target)
 
 
 def _process(items: list, config: VisionProcessorConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -239,9 +237,7 @@ def _process(items: list, config: VisionProcessorConfig) -> tuple[np.ndarray, np
     def one(i: int) -> None:
         frames, size = items[i]
         frames = resize_bicubic_uint8(frames, *size)
-        if len(frames) == 1:  # an image: a view that repeats it in every temporal slot
-            frames = np.broadcast_to(frames, (tp, *frames.shape[1:]))
-        elif len(frames) % tp:
+        if len(frames) > 1 and len(frames) % tp:
             frames = frames[np.minimum(np.arange(-(-len(frames) // tp) * tp), len(frames) - 1)]
         _patchify(frames, config, out[ends[i] - grids[i].prod() : ends[i]])
 
