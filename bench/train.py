@@ -73,6 +73,8 @@ def main() -> None:
 
     from omni_jax.families.audioflamingo3.parity import from_torch
     from omni_jax.train import models
+    from omni_jax.train.data import window_for
+    from omni_jax.train.loss import keep_label_window, target_span
     from omni_jax.train.step import Hyper, init_state, make_train_step, optimizer, split_params
 
     p = parser(__doc__)
@@ -96,7 +98,10 @@ def main() -> None:
 
     family = models.family_of(hf_class=type(model).__name__)
     config, params = from_torch(model)
-    batch = {k: jnp.asarray(v)[None] for k, v in family.batch(config, raw).items()}
+    ids_len = raw["input_ids"].shape[1]
+    batch = family.batch(config, raw)  # labels cut to the bucketed window of targets, as the data pipeline
+    batch["labels"] = keep_label_window(batch["labels"], window_for(target_span(raw["labels"]), ids_len))
+    batch = {k: jnp.asarray(v)[None] for k, v in batch.items()}
     hp = Hyper(learning_rate=1e-5, total_steps=1000)
     trainable, frozen = split_params(params, family.not_trainable)
     tx = optimizer(hp)

@@ -71,6 +71,7 @@ def compare_grads(torch_model: Any, **inputs: Any) -> GradReport:
     (torch tensors, `labels` included) against omni_jax's."""
     from omni_jax.parity.core import numpy_inputs
     from omni_jax.train import models
+    from omni_jax.train.loss import keep_label_window, target_span
 
     if "labels" not in inputs:
         raise ValueError("compare_grads needs labels among the inputs")
@@ -85,6 +86,8 @@ def compare_grads(torch_model: Any, **inputs: Any) -> GradReport:
     batch = family.batch(
         config, numpy_inputs({k: v for k, v in inputs.items() if k != "output_router_logits"})
     )
+    # as training runs it: the lm_head on the fewest last positions that hold every target
+    batch["labels"] = keep_label_window(batch["labels"], target_span(batch["labels"]))
     coef = getattr(torch_model, "router_aux_loss_coef", 0.0) if _router_aux_on(torch_model, inputs) else 0.0
     loss, grads = jax.jit(jax.value_and_grad(lambda p, b: models.mean_loss(family, config, p, b, coef)))(
         params, batch

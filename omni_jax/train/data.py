@@ -32,7 +32,7 @@ from omni_jax.audio import load_audio
 from omni_jax.audio.features import HOP_LENGTH, SAMPLING_RATE
 from omni_jax.families.audioflamingo3.processor import sound_token_count, split_windows
 from omni_jax.models import aut_encoder
-from omni_jax.train.loss import IGNORE_INDEX
+from omni_jax.train.loss import IGNORE_INDEX, keep_label_window
 from omni_jax.train.models import TrainModel
 
 DEFAULT_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096)
@@ -44,6 +44,7 @@ class Example:
     messages: tuple  # chat turns (JSON-compatible), the last one the assistant's answer
     audio: tuple[Path, ...]
     tokens: int  # upper bound of the processed length
+    answer_tokens: int  # tokens of the final answer (its labels, end of turn included, end the row)
     audio_units: int  # AF3: 30-s windows; Thinker: clips
     audio_frames: int  # longest clip's valid mel frames (upper bound)
 
@@ -59,6 +60,10 @@ class Manifest:
     def bucket(self, rows: list[int]) -> int:
         longest = max(self.examples[i].tokens for i in rows)
         return next(b for b in self.buckets if b >= longest)
+
+    def label_window(self, rows: list[int], length: int) -> int:
+        """Label columns a batch keeps: its rows' last positions that predict an answer token."""
+        return window_for(max(self.examples[i].answer_tokens for i in rows) + 1, length, self.buckets)
 
 
 # ---------------------------------------------------------------- manifest
@@ -150,8 +155,9 @@ def _example(model: TrainModel, record: Any, base: Path, where: str) -> Example:
     n_text = len(model.processor.tokenizer.encode(text, add_special_tokens=_special(model, text)))
     tokens = n_text - len(paths) * len(model.processor.tokenizer.encode(placeholder, False))
     tokens += sum(s[0] for s in sizes)
-    units = sum(s[1] for s in sizes)
-    return Example(where, tuple(messages), tuple(paths), tokens, units, max((s[2] for s in sizes), default=0))
+    units, answer = sum(s[1] for s in sizes), len(_answer_ids(model, messages, text, where))
+    frames = max((s[2] for s in sizes), default=0)
+    return Example(where, tuple(messages), tuple(paths), tokens, answer, units, frames)
 
 
 def read_manifest(path, model: TrainModel, buckets=DEFAULT_BUCKETS) -> Manifest:
@@ -204,18 +210,24 @@ def render(model: TrainModel, messages) -> str:
     return model.processor.apply_chat_template([list(messages)])[0]
 
 
+def _answer_ids(model: TrainModel, messages, text: str, where: str) -> list[int]:
+    """The final answer's tokens: the rendered conversation past its rendered prompt."""
+    p = model.processor
+    prompt = p.apply_chat_template([list(messages[:-1])], add_generation_prompt=True)[0]
+    if not text.startswith(prompt):
+        _fail(where, "the rendered answer turn does not extend the rendered prompt")
+    return p.tokenizer.encode(text[len(prompt) :], add_special_tokens=False)
+
+
 def process(model: TrainModel, example: Example) -> dict[str, np.ndarray]:
     """One example through the family's processor: ids, mask and labels (1 t) plus its audio features; only
     the final answer and its end-of-turn token are labelled."""
     p = model.processor
     text = render(model, example.messages)
-    prompt = p.apply_chat_template([list(example.messages[:-1])], add_generation_prompt=True)[0]
-    if not text.startswith(prompt):
-        _fail(example.where, "the rendered answer turn does not extend the rendered prompt")
+    answer = _answer_ids(model, example.messages, text, example.where)
     clips = [load_audio(a) for a in example.audio] or None
     out = p(text, clips, add_special_tokens=_special(model, text))
     ids = out["input_ids"][0]
-    answer = p.tokenizer.encode(text[len(prompt) :], add_special_tokens=False)
     eos = p.tokenizer.token_id(p.tokenizer.special_tokens["eos_token"])
     ends = np.flatnonzero(ids == eos)
     if len(answer) == 0 or len(ends) == 0 or not np.array_equal(ids[len(ids) - len(answer) :], answer):
@@ -253,8 +265,16 @@ AUDIO_FILL = {
 }
 
 
-def collate(model: TrainModel, manifest: Manifest, rows: list[dict], length: int) -> dict[str, np.ndarray]:
-    """Processed examples -> the family's batch arrays, rows left padded to `length`, audio in slots."""
+def window_for(needed: int, length: int, buckets=DEFAULT_BUCKETS) -> int:
+    """The smallest bucket of at least `needed` label columns, at most the row length."""
+    return min(length, next((b for b in buckets if b >= needed), length))
+
+
+def collate(
+    model: TrainModel, manifest: Manifest, rows: list[dict], length: int, window: int
+) -> dict[str, np.ndarray]:
+    """Processed examples -> the family's batch arrays, rows left padded to `length`, audio in slots, the
+    labels' last `window` columns (the rest never count)."""
     tok = model.processor.tokenizer
     pad_id = tok.token_id(tok.special_tokens["pad_token"])
     merged = {
@@ -271,6 +291,7 @@ def collate(model: TrainModel, manifest: Manifest, rows: list[dict], length: int
     for k in feature_keys:
         merged[k] = np.concatenate([r[k] for r in rows])
     batch = model.family.batch(model.config, merged)
+    batch["labels"] = keep_label_window(batch["labels"], window)
     if not feature_keys:
         return batch
     ends = np.cumsum(counts)[:-1]
@@ -334,7 +355,10 @@ class Batches:
         """Global batch indices -> this process's micro-batched arrays."""
         examples = self.manifest.examples
         processed = [process(self.model, examples[i]) for i in self.local_rows(rows)]
-        batch = collate(self.model, self.manifest, processed, self.manifest.bucket(list(rows)))
+        length = self.manifest.bucket(list(rows))
+        batch = collate(
+            self.model, self.manifest, processed, length, self.manifest.label_window(list(rows), length)
+        )
         check_targets(
             batch,
             f"{self.manifest.path} batch of lines {[examples[i].where.rsplit(' ', 1)[1] for i in rows]}",

@@ -1,6 +1,8 @@
 """Training losses as transformers computes them (pure functions).
 
-    nll, n = token_nll(logits, labels)             # sums: shifted next-token NLL over labels != -100
+    labels = keep_label_window(labels, w)          # host side: the last w columns hold every target
+    nll, n = token_nll(logits, labels)             # sums: shifted next-token NLL over labels != -100,
+                                                   # logits of those w positions only
     loss = nll / max(n, 1)                         # ForCausalLMLoss without num_items_in_batch
     aux = load_balancing_loss(routers, mask, k)    # the Thinker's router aux loss (pooled over layers)
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 IGNORE_INDEX = -100
 
@@ -35,6 +38,21 @@ def token_nll(
     picked = jnp.sum(jnp.where(hit, logits, 0.0), axis=-1)
     nll = jax.nn.logsumexp(logits, axis=-1) - picked
     return jnp.sum(jnp.where(valid, nll, 0.0)), jnp.sum(valid).astype(jnp.int32)
+
+
+def target_span(labels: np.ndarray, ignore_index: int = IGNORE_INDEX) -> int:
+    """Label columns a batch needs: from the first position that predicts a target to the end of the rows."""
+    counted = np.flatnonzero((np.asarray(labels)[:, 1:] != ignore_index).any(0))  # targets of 0 .. t-2
+    return labels.shape[1] - int(counted[0]) if len(counted) else 1
+
+
+def keep_label_window(labels: np.ndarray, window: int) -> np.ndarray:
+    """Labels b t -> their last `window` columns b w: the positions whose logits the loss computes (the
+    lm_head runs on those only). Refuses a window that would drop a target."""
+    needed, t = target_span(labels), labels.shape[1]
+    if not needed <= window <= t:
+        raise ValueError(f"a label window of {window} columns drops targets (needs {needed} of {t})")
+    return np.asarray(labels)[:, t - window :]
 
 
 def count_targets(labels, ignore_index: int = IGNORE_INDEX):

@@ -41,6 +41,13 @@ def _start(mask: jax.Array) -> jax.Array:
     return (mask.shape[1] - mask.sum(1)).astype(jnp.int32)
 
 
+def _window_nll(params: dict, config: decoder.Config, hidden: jax.Array, labels: jax.Array):
+    """(summed NLL, counted targets) of the labels' columns: the lm_head runs on the last w positions only,
+    w = labels.shape[1] (`data.keep_label_window`; w = t is the whole row). hidden b t d, labels b w."""
+    window = hidden[:, hidden.shape[1] - labels.shape[1] :]  # b w d
+    return token_nll(decoder.unembed(params, config, window), labels)
+
+
 def af3_sums(params: dict, config: af3.Config, batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
     """AudioFlamingo3: (summed NLL, counted targets, 0): encoder -> projector -> `<sound>` rows -> Qwen2."""
     ids = batch["input_ids"]
@@ -52,8 +59,10 @@ def af3_sums(params: dict, config: af3.Config, batch: dict) -> tuple[jax.Array, 
             )  # w t da
             audio = projector.forward(params["projector"], config.projector, hidden)  # w t d
         embeds = place_audio(embeds, ids == config.audio_token_id, audio, batch["audio_valid"])
-    out, _ = decoder.forward(params["decoder"], config.decoder, embeds, start=_start(batch["attention_mask"]))
-    nll, n = token_nll(out.logits, batch["labels"])
+    out, _ = decoder.forward(
+        params["decoder"], config.decoder, embeds, start=_start(batch["attention_mask"]), logits="none"
+    )
+    nll, n = _window_nll(params["decoder"], config.decoder, out.hidden, batch["labels"])
     return nll, n, jnp.zeros((), jnp.float32)
 
 
@@ -73,9 +82,9 @@ def thinker_sums(
     positions = jnp.moveaxis(batch["positions"], 1, 0)  # b 3 t -> 3 b t
     out, _ = decoder.forward(
         params["thinker"], text, embeds, positions=positions, start=_start(mask),
-        router_logits=bool(text.moe_layers),
+        router_logits=bool(text.moe_layers), logits="none",
     )  # fmt: skip
-    nll, n = token_nll(out.logits, batch["labels"])
+    nll, n = _window_nll(params["thinker"], text, out.hidden, batch["labels"])
     if out.router_logits is None:
         return nll, n, jnp.zeros((), jnp.float32)
     routers = out.router_logits.reshape(len(text.moe_layers), -1, text.num_experts)  # r (b t) E

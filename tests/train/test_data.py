@@ -39,12 +39,34 @@ def test_labels_cover_only_the_answer_and_end_of_turn(af3, tmp_path):
     batch = data.Batches(manifest, af3, batch_size=2, shuffle=False).load(np.arange(2))
     tok = af3.processor.tokenizer
     ids, labels = batch["input_ids"][0], batch["labels"][0]
+    ids = ids[:, ids.shape[1] - labels.shape[1] :]  # the label window: the rows' last columns
     for row, answer in zip(range(2), ("a tone", "hum"), strict=True):
         kept = ids[row][labels[row] != -100].tolist()
         assert kept == tok.encode(answer, False) + [tok.token_id("<|im_end|>")]
     assert not (labels[ids == af3.processor.audio_token_id] != -100).any()  # placeholders never train
     assert batch["input_features"].shape == (1, 2, 128, 3000) and batch["audio_valid"][0].any(-1).all()
     assert max(e.tokens for e in manifest.examples) >= batch["attention_mask"][0].sum(-1).max()
+
+
+def test_label_window_holds_every_target(af3, tmp_path):
+    """Labels keep only the bucketed window of last columns that predicts answer tokens (the lm_head runs
+    there), sized from the whole global batch; every target of the full rows is in it."""
+    lines = [{"prompt": "Say " + "a word " * 30, "answer": "x" * (3 * i + 1)} for i in range(4)]
+    manifest = data.read_manifest(write_manifest(tmp_path, lines), af3, buckets=(16, 32, 128))
+    batch = data.Batches(manifest, af3, batch_size=4, shuffle=False).load(np.arange(4))
+    assert batch["input_ids"].shape[-1] == 128 and batch["labels"].shape[-1] == 16
+    full = [data.process(af3, e)["labels"] for e in manifest.examples]
+    assert (batch["labels"] != -100).sum() == sum((f != -100).sum() for f in full)
+    halves = [
+        data.Batches(manifest, af3, batch_size=4, process_index=p, process_count=2, shuffle=False)
+        for p in range(2)
+    ]  # each process sizes the window from the global batch, so the slices agree
+    assert {h.load(np.arange(4))["labels"].shape[-1] for h in halves} == {16}
+    labels = np.full((1, 10), -100)
+    labels[0, 6:] = 1
+    assert data.keep_label_window(labels, 5).shape == (1, 5)
+    with pytest.raises(ValueError, match="drops targets"):
+        data.keep_label_window(labels, 4)
 
 
 def test_process_slices_make_the_global_batch(af3, tmp_path):
