@@ -55,14 +55,20 @@ def linear(p: dict, x: jax.Array, precision=None) -> jax.Array:
     if isinstance(p["kernel"], PackedKernel):
         y = packed_matmul(x, p["kernel"])
     else:
-        y = jnp.matmul(x, p["kernel"].astype(x.dtype), precision=precision)
+        y = _rows_matmul(x, p["kernel"], precision)
     if "bias" in p:
         y = y + p["bias"].astype(y.dtype)
     if "lora_a" in p:
-        low = jnp.matmul(x, p["lora_a"].astype(x.dtype), precision=precision)  # ... r
-        low = jnp.matmul(low, p["lora_b"].astype(x.dtype), precision=precision)  # ... d_out
+        low = _rows_matmul(_rows_matmul(x, p["lora_a"], precision), p["lora_b"], precision)  # ... d_out
         y = y + p["lora_scale"].astype(y.dtype) * low
     return y
+
+
+def _rows_matmul(x: jax.Array, kernel: jax.Array, precision) -> jax.Array:
+    """x ... d_in @ kernel as one 2-D matmul over the flattened rows, so that the kernel's gradient contracts
+    one axis: XLA:CPU runs a dot over two contracting axes (b, t) 1.6x slower. -> ... d_out."""
+    y = jnp.matmul(x.reshape(-1, x.shape[-1]), kernel.astype(x.dtype), precision=precision)
+    return y.reshape(*x.shape[:-1], kernel.shape[-1])
 
 
 def layer_norm(p: dict, x: jax.Array, eps: float = 1e-5) -> jax.Array:
