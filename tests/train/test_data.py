@@ -11,6 +11,7 @@ import pytest
 
 from omni_jax.train import data, models
 from omni_jax.train.checkpoint import Checkpoints, fingerprint
+from omni_jax.train.loss import keep_label_window
 from omni_jax.train.recipe import Recipe
 from tests.train.conftest import write_clips
 
@@ -64,9 +65,9 @@ def test_label_window_holds_every_target(af3, tmp_path):
     assert {h.load(np.arange(4))["labels"].shape[-1] for h in halves} == {16}
     labels = np.full((1, 10), -100)
     labels[0, 6:] = 1
-    assert data.keep_label_window(labels, 5).shape == (1, 5)
+    assert keep_label_window(labels, 5).shape == (1, 5)
     with pytest.raises(ValueError, match="drops targets"):
-        data.keep_label_window(labels, 4)
+        keep_label_window(labels, 4)
 
 
 def test_process_slices_make_the_global_batch(af3, tmp_path):
