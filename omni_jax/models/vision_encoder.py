@@ -219,8 +219,8 @@ def bucket_patches(n: int) -> int:
 
 
 def bucket_blocks(n: int) -> int:
-    """Block counts: exact up to 8, then eighth-octave steps (<= 12.5 % padding)."""
-    step = 1 << max(0, n.bit_length() - 4)
+    """Block counts: exact up to 16, then sixteenth-octave steps (<= 6.25 % padding)."""
+    step = 1 << max(0, n.bit_length() - 5)
     return -(-n // step) * step
 
 
@@ -402,7 +402,7 @@ def forward(
         x = linear({"kernel": kernel.reshape(-1, kernel.shape[-1]), "bias": params["patch_embed"]["bias"]},
                    pixels.astype(dtype), precision=jax.lax.Precision.HIGHEST)  # fmt: skip
         table = params["pos_embed"]["embedding"]
-        pe = (table[grid.pos_index].astype(jnp.float32) * grid.pos_weight[..., None]).sum(1)
+        pe = jnp.einsum("nk,nkd->nd", grid.pos_weight, table[grid.pos_index].astype(jnp.float32))  # 4 taps
         x = x + pe.astype(dtype)
     cos, sin = _rotary(c, grid.positions, jnp.float32)
     kept = c.deepstack_indexes

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -206,12 +208,23 @@ def segment_attention(
     """Attention inside segments (token i sees token j iff segments[i] == segments[j]) as a block structure:
     query chunk c (`query_blocks` blocks) reads only the `key_blocks` key blocks from `key_block_start[c]` on,
     which must cover its segments. q, k, v: t h d with t % block == 0; segments: t int; key_block_start:
-    ceil(t / (block * query_blocks)) int. Costs O(t * key_blocks * block), not O(t^2); the softmax is
-    normalised after the value product. -> t h d."""
+    ceil(t / (block * query_blocks)) int. Costs O(t * key_blocks * block), not O(t^2). On CPU in float32 a
+    kernel keeps each query tile's logits in cache (its gradient is the XLA path's). -> t h d."""
     t, h, d = q.shape
     if t % block:
         raise ValueError(f"sequence length {t} is not a multiple of the block {block}")
+    if not 0 < key_blocks * block <= t:
+        raise ValueError(f"key span {key_blocks} x {block} must be within the sequence length {t}")
     scale = d**-0.5 if scale is None else scale
+    layout = (key_blocks, block, query_blocks, float(scale))
+    return _segment_attention(q, k, v, jnp.asarray(segments), jnp.asarray(key_block_start), layout)
+
+
+def _segment_attention_xla(q, k, v, segments, key_block_start, layout) -> jax.Array:
+    """segment_attention in XLA ops: a `lax.map` over query chunks; the softmax normalised after the value
+    product."""
+    key_blocks, block, query_blocks, scale = layout
+    t, h, d = q.shape
     span, rows = key_blocks * block, query_blocks * block
     chunks = -(-t // rows)
     kh, vh = k.transpose(1, 0, 2), v.transpose(1, 0, 2)  # h t d, sliced along t per query chunk
@@ -232,3 +245,34 @@ def segment_attention(
     q = q.reshape(chunks, rows, h, d).transpose(0, 2, 1, 3)  # c h rows d
     out = jax.lax.map(one, (q, sq, key_block_start))  # c h rows d
     return out.transpose(0, 2, 1, 3).reshape(chunks * rows, h, d)[:t]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _segment_attention(q, k, v, segments, key_block_start, layout) -> jax.Array:
+    """The kernel on CPU in float32, else the XLA path."""
+    key_blocks, block, query_blocks, scale = layout
+    xla = functools.partial(_segment_attention_xla, layout=layout)
+    if not q.dtype == k.dtype == v.dtype == jnp.float32:
+        return xla(q, k, v, segments, key_block_start)
+
+    def kernel(q, k, v, segments, key_block_start):
+        return cpu_kernels.segment_attention(
+            q * scale, k, v, segments, key_block_start,
+            block=block, span=key_blocks * block, rows=query_blocks * block,
+        )  # fmt: skip
+
+    return cpu_kernels.on_cpu(kernel, xla, q, k, v, segments, key_block_start)
+
+
+def _segment_attention_fwd(q, k, v, segments, key_block_start, layout):
+    residuals = q, k, v, segments, key_block_start
+    return _segment_attention(*residuals, layout), residuals
+
+
+def _segment_attention_bwd(layout, residuals, grad):
+    q, k, v, segments, key_block_start = residuals
+    _, vjp = jax.vjp(lambda *qkv: _segment_attention_xla(*qkv, segments, key_block_start, layout), q, k, v)
+    return (*vjp(grad), None, None)
+
+
+_segment_attention.defvjp(_segment_attention_fwd, _segment_attention_bwd)

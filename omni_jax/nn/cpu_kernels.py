@@ -1,8 +1,9 @@
-"""float32 CPU kernels for small-batch decode (`kernels/cpu.cc`), as XLA FFI custom calls built on first use.
+"""float32 CPU kernels (`kernels/cpu.cc`), as XLA FFI custom calls built on first use.
 
 `packed_matmul` (weights as contiguous column panels, `nn.packed`), `routed_experts` (a SwiGLU MoE over
-packed experts that reads only the experts tokens picked) and `decode_attention` (one query token against a
-layer of the stacked KV cache, read in place). The C++ source is compiled with the host's C++
+packed experts that reads only the experts tokens picked), `decode_attention` (one query token against a
+layer of the stacked KV cache, read in place) and `segment_attention` (attention inside segments, the logits
+of 8 query rows at a time kept in cache). The C++ source is compiled with the host's C++
 compiler into `$OMNI_JAX_CACHE` (default `~/.cache/omni_jax`), keyed by source, compiler flags, jax version
 and CPU features. Callers fall back to plain XLA when `ready()` is False (no compiler, or
 `OMNI_JAX_CPU_KERNELS=0`) and on other backends.
@@ -30,6 +31,7 @@ TARGETS = {
     "omni_jax_packed_matmul": "OmniJaxPackedMatmul",
     "omni_jax_decode_attention": "OmniJaxDecodeAttention",
     "omni_jax_routed_experts": "OmniJaxRoutedExperts",
+    "omni_jax_segment_attention": "OmniJaxSegmentAttention",
 }
 FLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-std=c++17", "-shared", "-fPIC", "-w")
 
@@ -64,6 +66,14 @@ def decode_attention(q, k_cache, v_cache, layer, start, stop, scale: float) -> j
     and stop int32) -> b h d."""
     operands = q, k_cache, v_cache, layer, start, stop
     return _call("omni_jax_decode_attention", q.shape, *operands, scale=np.float32(scale))
+
+
+def segment_attention(q, k, v, segments, key_block_start, *, block: int, span: int, rows: int) -> jax.Array:
+    """q t h d (float32, scaled), k, v t h d; query chunk c (`rows` rows) attends to keys [at, at + span),
+    at = key_block_start[c] * block clipped into [0, t - span], inside its segment -> t h d."""
+    operands = q, k, v, jnp.asarray(segments, jnp.int32), jnp.asarray(key_block_start, jnp.int32)
+    sizes = {"block": np.int64(block), "span": np.int64(span), "rows": np.int64(rows)}
+    return _call("omni_jax_segment_attention", q.shape, *operands, **sizes)
 
 
 @functools.cache

@@ -1,5 +1,6 @@
-"""CPU decode kernels: the packed-panel matmul and in-place cache attention against float64 numpy, their XLA
-fallbacks, and the packed CPU layout of whole decoders against transformers (greedy tokens, logits)."""
+"""CPU kernels: the packed-panel matmul, in-place cache attention and segment attention against float64 numpy,
+their XLA fallbacks, and the packed CPU layout of whole decoders against transformers (greedy tokens,
+logits)."""
 
 import os
 import shutil
@@ -13,8 +14,9 @@ from torch_fixtures import assert_talker_matches, prompts, talker, tiny
 from omni_jax import parity
 from omni_jax.inference.loop import generate
 from omni_jax.models import decoder
+from omni_jax.models import vision_encoder as ve
 from omni_jax.nn import cpu_kernels, moe, packed
-from omni_jax.nn.attention import cache_attention
+from omni_jax.nn.attention import attention, cache_attention, segment_attention
 from omni_jax.nn.layers import linear
 from omni_jax.parity.reference import reference_generate
 
@@ -115,6 +117,83 @@ def test_cache_attention_matches_float64(d, stop):
         got = jax.jit(cache_attention)(q, kc, vc, layer, start, stop)
         want = reference_attention(q, kc, vc, layer, np.asarray(start), stop)
         np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
+
+
+def reference_segment_attention(q, k, v, segments, key_block_start, key_blocks, block, query_blocks):
+    """float64: query chunk c's rows attend to the keys of their segment among [at, at + span), at the chunk's
+    first key clipped into [0, t - span]; a row with none of them weighs the span alike."""
+    q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+    t, h, d = q.shape
+    span, rows = key_blocks * block, query_blocks * block
+    out = np.zeros_like(q)
+    for i in range(t):
+        at = min(max(int(key_block_start[i // rows]) * block, 0), t - span)
+        keys = np.arange(at, at + span)
+        own = keys[segments[keys] == segments[i]]
+        keys = own if len(own) else keys
+        for head in range(h):
+            logits = k[keys, head] @ q[i, head] / np.sqrt(d) if len(own) else np.zeros(len(keys))
+            p = np.exp(logits - logits.max())
+            out[i, head] = p @ v[keys, head] / p.sum()
+    return out
+
+
+def vision_layout(grid):
+    config = ve.VisionConfig(depth=1, hidden_size=64, num_heads=1, intermediate_size=8, out_hidden_size=8,
+                             deepstack_indexes=())  # fmt: skip
+    tables, layout = ve.grid_tables(config, np.asarray(grid))
+    sizes = layout.key_blocks, layout.block, layout.query_blocks
+    return layout.patches, tables.segments, tables.key_block_start, *sizes
+
+
+SEGMENT_CASES = {
+    "one image": vision_layout([[1, 28, 28]]),
+    "images of three sizes": vision_layout([[1, 10, 34], [1, 36, 6], [3, 12, 12]]),
+    "a video": vision_layout([[4, 14, 14]]),
+    "small, one dense block": vision_layout([[1, 4, 6], [2, 2, 8]]),
+    # block 5, spans that start inside a key group, padding rows (-1) whose span holds no -1 key
+    "odd blocks, rows with no key": (40, np.r_[np.repeat(np.arange(7), 5), [-1] * 5], [0, 2, 4, 7], 3, 5, 2),
+}
+
+
+@pytest.mark.parametrize("case", SEGMENT_CASES)
+@pytest.mark.parametrize("h,d", [(4, 64), (3, 72), (2, 8)])  # 72: the release head size, not 16k
+def test_segment_attention_matches_float64(case, h, d, monkeypatch):
+    t, segments, starts, key_blocks, block, query_blocks = SEGMENT_CASES[case]
+    segments, starts = np.asarray(segments, np.int32), np.asarray(starts, np.int32)
+    rng = np.random.default_rng(t + h * d)
+    q, k, v = (rng.standard_normal((t, h, d)).astype(np.float32) for _ in range(3))
+    want = reference_segment_attention(q, k, v, segments, starts, key_blocks, block, query_blocks)
+    layout = dict(segments=segments, key_block_start=starts, key_blocks=key_blocks, block=block,
+                  query_blocks=query_blocks)  # fmt: skip
+    run = jax.jit(lambda q, k, v: segment_attention(q, k, v, **layout))
+    np.testing.assert_allclose(np.asarray(run(q, k, v)), want, atol=2e-6)
+    monkeypatch.setattr(cpu_kernels, "ready", lambda: False)  # the XLA path
+    got = segment_attention(q, k, v, **layout)
+    np.testing.assert_allclose(np.asarray(got), want, atol=2e-6)
+
+
+def test_segment_attention_gradient_and_bfloat16():
+    """The kernel's gradient (the XLA path's) equals dense masked attention's; bfloat16 runs the XLA path."""
+    t, segments, starts, key_blocks, block, query_blocks = vision_layout([[1, 4, 6], [2, 8, 8]])
+    rng = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(rng.standard_normal((t, 2, 16)), jnp.float32) for _ in range(3))
+    layout = dict(segments=segments, key_block_start=starts, key_blocks=key_blocks, block=block,
+                  query_blocks=query_blocks)  # fmt: skip
+    weights = jnp.asarray(rng.standard_normal((t, 2, 16)), jnp.float32)
+    mask = (segments[:, None] == segments[None, :])[None, None]
+
+    def loss(fn):
+        return jax.grad(lambda q, k, v: (fn(q, k, v) * weights).sum(), argnums=(0, 1, 2))(q, k, v)
+
+    ours = loss(lambda q, k, v: segment_attention(q, k, v, **layout))
+    dense = loss(lambda q, k, v: attention(q[None], k[None], v[None], mask=mask)[0])
+    for a, b in zip(ours, dense, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+    bf = segment_attention(*(x.astype(jnp.bfloat16) for x in (q, k, v)), **layout)
+    assert bf.dtype == jnp.bfloat16
+    want = segment_attention(q, k, v, **layout)
+    np.testing.assert_allclose(np.asarray(bf, np.float32), np.asarray(want), atol=0.1)
 
 
 @pytest.mark.parametrize("kind", ["qwen2", "qwen3", "qwen3_moe"])  # q/k/v bias; tied + q/k norm; MoE

@@ -1,4 +1,4 @@
-// float32 CPU kernels for small-batch decode, as XLA FFI handlers (built by omni_jax/nn/cpu_kernels.py).
+// float32 CPU kernels, as XLA FFI handlers (built by omni_jax/nn/cpu_kernels.py).
 //
 // PackedMatmul: y = x @ W with W stored as column panels, panels[g, k, j] = W[k, 32 g + j]. Each panel is one
 // contiguous K x 32 block, so a matmul streams the weights once, front to back, with no per-call packing copy
@@ -11,6 +11,11 @@
 // DecodeAttention: one query token per row against one layer of a stacked KV cache (L, b, s, kh, d), read in
 // place (no per-layer slice or transpose), over the row's valid slots [start[b], stop), slot by slot with
 // all the heads of a task together (a contiguous read; ~1.8x faster than a pass per head at 1500 slots).
+//
+// SegmentAttention: attention inside segments (the vision encoder's images and frame groups), query chunk c
+// reading keys [at, at + span) only. A task is 8 query rows of one head: their logits over the whole span stay
+// in cache between the key pass and the value pass (XLA writes them to memory and reads them back three
+// times), and 32-key groups holding no key of the rows' segments are skipped.
 //
 // Work is shared out over XLA's intra-op thread pool in chunks that every thread (the caller included) takes
 // from one atomic counter, so a call never waits on a task that has not started.
@@ -261,6 +266,240 @@ ffi::Error DecodeAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::B
   return ffi::Error::Success();
 }
 
+
+// ---------------------------------------------------------------- segment attention
+
+typedef int32_t vi16 __attribute__((vector_size(64), aligned(4)));
+
+constexpr int64_t kKeys = 32;      // keys per logits register block (2 vectors)
+constexpr int64_t kQueryRows = 8;  // query rows per task (one register block)
+
+struct Segments {
+  const float* q;            // t h d, scaled
+  const float* kt;           // h d tp: keys transposed, zero from t on (tp = t + kKeys)
+  const float* v;            // h tp dp: values, zero from t on and from d on (dp = 16 ceil(d / 16))
+  const int32_t* seg;        // t
+  const int32_t* first;      // chunks: each query chunk's first key block
+  float* out;                // t h d
+  int64_t t, h, d, tp, dp, block, span, rows;  // span: keys a chunk reads; rows: query rows per chunk
+};
+
+// exp(x) for x <= 0: Cephes' expf polynomial on x - n ln 2 (within 2 ulp), n rounded by adding 1.5 * 2^23,
+// which leaves n in the low mantissa bits; 0 below -87.3, where float32 underflows.
+inline v16 exp_nonpositive(v16 x) {
+  constexpr float kRound = 12582912.f;  // 1.5 * 2^23
+  const vi16 under = x < -87.3f;
+  x = under ? v16{} - 87.3f : x;
+  const v16 t = x * 1.44269504088896341f + kRound, n = t - kRound;
+  x = x - n * 0.693359375f - n * -2.12194440e-4f;
+  v16 y = 1.9875691500e-4f * x + 1.3981999507e-3f;
+  y = y * x + 8.3334519073e-3f;
+  y = y * x + 4.1665795894e-2f;
+  y = y * x + 1.6666665459e-1f;
+  y = y * x + 5.0000001201e-1f;
+  y = y * (x * x) + x + 1.f;
+  const vi16 bits = (vi16)t - (0x4b400000 - 127);  // n + 127
+  const v16 scale = (v16)(bits << 23);
+  return under ? v16{} : y * scale;
+}
+
+// Logits of the tile's 8 query rows (q[r]: d floats each) against keys [0, 32) of kt (d rows, stride tp)
+// -> l (8 x 32, row stride w).
+void tile_logits(const float* const* q, const float* kt, int64_t d, int64_t tp, float* l, int64_t w) {
+  v16 acc[kQueryRows][2];
+  for (int r = 0; r < kQueryRows; ++r) acc[r][0] = acc[r][1] = v16{};
+  for (int64_t e = 0; e < d; ++e) {
+    const v16* k = reinterpret_cast<const v16*>(kt + e * tp);
+    const v16 k0 = k[0], k1 = k[1];
+    for (int r = 0; r < kQueryRows; ++r) {
+      const float x = q[r][e];
+      acc[r][0] += x * k0;
+      acc[r][1] += x * k1;
+    }
+  }
+  for (int r = 0; r < kQueryRows; ++r) {
+    reinterpret_cast<v16*>(l + r * w)[0] = acc[r][0];
+    reinterpret_cast<v16*>(l + r * w)[1] = acc[r][1];
+  }
+}
+
+// out (8 rows x N vectors, row stride out_stride) = sum over the hit key groups of the weights l (8 x
+// groups*32, row stride w) times the value rows v (row stride dp).
+template <int N>
+void tile_values(const float* l, int64_t w, const float* v, int64_t dp, const std::vector<char>& hit, float* out,
+                 int64_t out_stride) {
+  v16 acc[kQueryRows][N];
+  for (int r = 0; r < kQueryRows; ++r)
+    for (int n = 0; n < N; ++n) acc[r][n] = v16{};
+  for (size_t g = 0; g < hit.size(); ++g) {
+    if (!hit[g]) continue;
+    for (int64_t j = g * kKeys; j < int64_t(g + 1) * kKeys; ++j) {
+      const v16* vj = reinterpret_cast<const v16*>(v + j * dp);
+      v16 vals[N];
+      for (int n = 0; n < N; ++n) vals[n] = vj[n];
+      for (int r = 0; r < kQueryRows; ++r) {
+        const float p = l[r * w + j];
+        for (int n = 0; n < N; ++n) acc[r][n] += p * vals[n];
+      }
+    }
+  }
+  for (int r = 0; r < kQueryRows; ++r)
+    for (int n = 0; n < N; ++n) reinterpret_cast<v16*>(out + r * out_stride)[n] = acc[r][n];
+}
+
+constexpr int32_t kMixed = INT32_MIN;  // a key group's summary: its keys are not all of one segment
+
+// The segment all keys of each group of a chunk's span share (kMixed if they do not, or the group runs past
+// the span): summary[c * groups + g].
+std::vector<int32_t> group_segments(const Segments& p, int64_t chunks, int64_t groups) {
+  std::vector<int32_t> summary(chunks * groups, kMixed);
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int32_t* sk = p.seg + std::clamp<int64_t>(int64_t(p.first[c]) * p.block, 0, p.t - p.span);
+    for (int64_t g = 0; g < groups && (g + 1) * kKeys <= p.span; ++g)
+      if (std::all_of(sk + g * kKeys, sk + (g + 1) * kKeys, [&](int32_t x) { return x == sk[g * kKeys]; }))
+        summary[c * groups + g] = sk[g * kKeys];
+  }
+  return summary;
+}
+
+// Query rows [r0, r0 + 8) of chunk c (clipped to the chunk and to t), head hh: softmax over the chunk's key
+// span of the logits of keys in the row's segment. Key groups holding no key of the tile's segments are
+// skipped; a row with no key of its segment in the span weighs the span's keys alike (as a masked softmax).
+void segment_tile(const Segments& p, int64_t c, int64_t hh, int64_t r0, const int32_t* summary,
+                  std::vector<float>& buf, std::vector<char>& hit) {
+  const int64_t end = std::min(p.t, (c + 1) * p.rows), nr = std::min(kQueryRows, end - r0);
+  if (nr <= 0) return;
+  const int64_t at = std::clamp<int64_t>(int64_t(p.first[c]) * p.block, 0, p.t - p.span);
+  const int64_t groups = (p.span + kKeys - 1) / kKeys, w = groups * kKeys;
+  buf.resize(kQueryRows * (w + p.dp) + p.d);
+  float *l = buf.data(), *acc = l + kQueryRows * w, *zeros = acc + kQueryRows * p.dp;  // 8 w, 8 dp, d
+  std::fill(zeros, zeros + p.d, 0.f);
+  int32_t segq[kQueryRows];
+  const float* q[kQueryRows];  // the rows of the tile (zeros past its end)
+  for (int64_t r = 0; r < kQueryRows; ++r) {
+    segq[r] = r < nr ? p.seg[r0 + r] : kMixed;
+    q[r] = r < nr ? p.q + ((r0 + r) * p.h + hh) * p.d : zeros;
+  }
+  const int32_t* sk = p.seg + at;
+  const float* kt = p.kt + hh * p.d * p.tp + at;
+  hit.assign(groups, 0);
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t j0 = g * kKeys, j1 = std::min(p.span, j0 + kKeys);
+    const int32_t shared = summary[g];
+    for (int64_t r = 0; r < nr; ++r) {
+      if (shared != kMixed) {
+        hit[g] |= segq[r] == shared;
+      } else {
+        for (int64_t j = j0; j < j1; ++j) hit[g] |= sk[j] == segq[r];
+      }
+    }
+    if (!hit[g]) continue;
+    tile_logits(q, kt + j0, p.d, p.tp, l + j0, w);
+    for (int64_t r = 0; r < kQueryRows; ++r) {
+      float* lr = l + r * w;
+      if (shared != kMixed) {
+        if (segq[r] != shared) std::fill(lr + j0, lr + j0 + kKeys, -INFINITY);
+        continue;
+      }
+      for (int64_t j = j0; j < j0 + kKeys; ++j)
+        if (j >= j1 || sk[j] != segq[r]) lr[j] = -INFINITY;
+    }
+  }
+  float total[kQueryRows];
+  for (int64_t r = 0; r < kQueryRows; ++r) {
+    float* lr = l + r * w;
+    v16 tops = v16{} - INFINITY;
+    for (int64_t g = 0; g < groups; ++g)
+      for (int64_t j = g * kKeys; hit[g] && j < (g + 1) * kKeys; j += 16) {
+        const v16 x = *reinterpret_cast<const v16*>(lr + j);
+        tops = x > tops ? x : tops;
+      }
+    float top = tops[0];
+    for (int i = 1; i < 16; ++i) top = std::max(top, tops[i]);
+    v16 sum = v16{};
+    for (int64_t g = 0; g < groups; ++g) {
+      if (!hit[g]) continue;
+      for (int64_t j = g * kKeys; j < (g + 1) * kKeys; j += 16) {
+        v16* x = reinterpret_cast<v16*>(lr + j);
+        *x = top == -INFINITY ? v16{} : exp_nonpositive(*x - top);
+        sum += *x;
+      }
+    }
+    total[r] = 0.f;
+    for (int i = 0; i < 16; ++i) total[r] += sum[i];
+  }
+  const float* v = p.v + (hh * p.tp + at) * p.dp;
+  int64_t col = 0;
+  for (; col + 32 <= p.dp; col += 32) tile_values<2>(l, w, v + col, p.dp, hit, acc + col, p.dp);
+  if (col < p.dp) tile_values<1>(l, w, v + col, p.dp, hit, acc + col, p.dp);
+  for (int64_t r = 0; r < nr; ++r) {
+    float* out = p.out + ((r0 + r) * p.h + hh) * p.d;
+    if (total[r] > 0.f) {
+      const float inverse = 1.f / total[r];
+      const float* __restrict row = acc + r * p.dp;
+      for (int64_t e = 0; e < p.d; ++e) out[e] = row[e] * inverse;
+      continue;
+    }
+    std::fill(out, out + p.d, 0.f);  // no key of its segment: the mean of the span's values
+    for (int64_t j = 0; j < p.span; ++j)
+      for (int64_t e = 0; e < p.d; ++e) out[e] += v[j * p.dp + e];
+    for (int64_t e = 0; e < p.d; ++e) out[e] /= float(p.span);
+  }
+}
+
+// Keys k (t h d) -> kt (h d tp) and values v (t h d) -> vp (h tp dp), zero past t and past d, over the pool.
+void pack_keys_values(ffi::ThreadPool& pool, const float* k, const float* v, int64_t t, int64_t h, int64_t d,
+                      int64_t tp, int64_t dp, float* kt, float* vp) {
+  constexpr int64_t kSlab = 256;  // rows per task
+  const int64_t slabs = (tp + kSlab - 1) / kSlab;
+  parallel_for(pool, h * slabs, 1, [=](int64_t i) {
+    const int64_t hh = i / slabs, j0 = i % slabs * kSlab, j1 = std::min(tp, j0 + kSlab);
+    for (int64_t j = j0; j < j1; ++j) {
+      float* row = vp + (hh * tp + j) * dp;
+      if (j < t) std::copy_n(v + (j * h + hh) * d, d, row);
+      std::fill(row + (j < t ? d : 0), row + dp, 0.f);
+    }
+    for (int64_t e = 0; e < d; ++e) {
+      float* col = kt + (hh * d + e) * tp;
+      for (int64_t j = j0; j < j1; ++j) col[j] = j < t ? k[(j * h + hh) * d + e] : 0.f;
+    }
+  });
+}
+
+ffi::Error SegmentAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
+                            ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::S32> seg, ffi::Buffer<ffi::S32> first,
+                            int64_t block, int64_t span, int64_t rows, ffi::ResultBuffer<ffi::F32> out) {
+  const auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions(), od = out->dimensions();
+  if (qd.size() != 3 || !std::equal(qd.begin(), qd.end(), kd.begin(), kd.end()) ||
+      !std::equal(qd.begin(), qd.end(), vd.begin(), vd.end()) || seg.element_count() != qd[0] ||
+      !std::equal(qd.begin(), qd.end(), od.begin(), od.end()))
+    return ffi::Error::InvalidArgument("segment_attention: want q, k, v and out (t, h, d), segments (t,)");
+  const int64_t t = qd[0], h = qd[1], d = qd[2], tp = t + kKeys, dp = (d + 15) / 16 * 16;
+  const int64_t chunks = (t + rows - 1) / rows;
+  if (block < 1 || span < 1 || span > t || rows < 1 || first.element_count() != chunks)
+    return ffi::Error::InvalidArgument("segment_attention: bad block, span or rows, or a first block per chunk");
+  // packed keys and values: in the calling thread's buffer, kept between calls up to 64 MB (page faults
+  // on a fresh one cost ~5 % of a call), or for this call only
+  constexpr int64_t kKeptFloats = 1 << 24;
+  thread_local std::vector<float> kept;
+  std::vector<float> own;
+  std::vector<float>& packed = h * tp * (d + dp) <= kKeptFloats ? kept : own;
+  packed.resize(h * tp * (d + dp));
+  float *kt = packed.data(), *vp = kt + h * d * tp;
+  pack_keys_values(pool, k.typed_data(), v.typed_data(), t, h, d, tp, dp, kt, vp);
+  const Segments p{q.typed_data(), kt, vp, seg.typed_data(), first.typed_data(), out->typed_data(),
+                   t, h, d, tp, dp, block, span, rows};
+  const int64_t tiles = (rows + kQueryRows - 1) / kQueryRows, groups = (span + kKeys - 1) / kKeys;
+  const std::vector<int32_t> summary = group_segments(p, chunks, groups);
+  parallel_for(pool, chunks * p.h * tiles, 16, [&](int64_t i) {
+    thread_local std::vector<float> buf;
+    thread_local std::vector<char> hit;
+    const int64_t tile = i % tiles, hh = i / tiles % p.h, c = i / tiles / p.h;
+    segment_tile(p, c, hh, c * p.rows + tile * kQueryRows, &summary[c * groups], buf, hit);
+  });
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OmniJaxPackedMatmul, PackedMatmul,
@@ -290,4 +529,17 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OmniJaxDecodeAttention, DecodeAttention,
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Attr<float>("scale")
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OmniJaxSegmentAttention, SegmentAttention,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Attr<int64_t>("block")
+                                  .Attr<int64_t>("span")
+                                  .Attr<int64_t>("rows")
                                   .Ret<ffi::Buffer<ffi::F32>>());
