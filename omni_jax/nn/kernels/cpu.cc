@@ -24,6 +24,7 @@
 #include <cmath>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -478,12 +479,14 @@ ffi::Error SegmentAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::
   const int64_t chunks = (t + rows - 1) / rows;
   if (block < 1 || span < 1 || span > t || rows < 1 || first.element_count() != chunks)
     return ffi::Error::InvalidArgument("segment_attention: bad block, span or rows, or a first block per chunk");
-  // packed keys and values: in the calling thread's buffer, kept between calls up to 64 MB (page faults
-  // on a fresh one cost ~5 % of a call), or for this call only
+  // packed keys and values: in the one buffer kept between calls (page faults on a fresh one cost ~5 % of
+  // a call) when it is free and they fit in 64 MB, else in one for this call only
   constexpr int64_t kKeptFloats = 1 << 24;
-  thread_local std::vector<float> kept;
+  static std::mutex kept_lock;
+  static std::vector<float> kept;
+  std::unique_lock<std::mutex> hold(kept_lock, std::try_to_lock);
   std::vector<float> own;
-  std::vector<float>& packed = h * tp * (d + dp) <= kKeptFloats ? kept : own;
+  std::vector<float>& packed = hold.owns_lock() && h * tp * (d + dp) <= kKeptFloats ? kept : own;
   packed.resize(h * tp * (d + dp));
   float *kt = packed.data(), *vp = kt + h * d * tp;
   pack_keys_values(pool, k.typed_data(), v.typed_data(), t, h, d, tp, dp, kt, vp);
@@ -498,6 +501,17 @@ ffi::Error SegmentAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::
     segment_tile(p, c, hh, c * p.rows + tile * kQueryRows, &summary[c * groups], buf, hit);
   });
   return ffi::Error::Success();
+}
+
+// The arguments both attention kernels open with: the pool, q, k, v (float32) and two int32 buffers.
+auto attention_binding() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::S32>>()
+      .Arg<ffi::Buffer<ffi::S32>>();
 }
 
 }  // namespace
@@ -520,25 +534,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OmniJaxRoutedExperts, RoutedExperts,
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OmniJaxDecodeAttention, DecodeAttention,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
+                              attention_binding()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Attr<float>("scale")
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OmniJaxSegmentAttention, SegmentAttention,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
+                              attention_binding()
                                   .Attr<int64_t>("block")
                                   .Attr<int64_t>("span")
                                   .Attr<int64_t>("rows")
