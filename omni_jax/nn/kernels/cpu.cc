@@ -283,6 +283,8 @@ struct Segments {
   const int32_t* first;      // chunks: each query chunk's first key block
   float* out;                // t h d
   int64_t t, h, d, tp, dp, block, span, rows;  // span: keys a chunk reads; rows: query rows per chunk
+  // the first key chunk c reads: its first block's, clipped so that the span fits
+  int64_t at(int64_t c) const { return std::clamp<int64_t>(int64_t(first[c]) * block, 0, t - span); }
 };
 
 // exp(x) for x <= 0: Cephes' expf polynomial on x - n ln 2 (within 2 ulp), n rounded by adding 1.5 * 2^23,
@@ -355,7 +357,7 @@ constexpr int32_t kMixed = INT32_MIN;  // a key group's summary: its keys are no
 std::vector<int32_t> group_segments(const Segments& p, int64_t chunks, int64_t groups) {
   std::vector<int32_t> summary(chunks * groups, kMixed);
   for (int64_t c = 0; c < chunks; ++c) {
-    const int32_t* sk = p.seg + std::clamp<int64_t>(int64_t(p.first[c]) * p.block, 0, p.t - p.span);
+    const int32_t* sk = p.seg + p.at(c);
     for (int64_t g = 0; g < groups && (g + 1) * kKeys <= p.span; ++g)
       if (std::all_of(sk + g * kKeys, sk + (g + 1) * kKeys, [&](int32_t x) { return x == sk[g * kKeys]; }))
         summary[c * groups + g] = sk[g * kKeys];
@@ -370,7 +372,7 @@ void segment_tile(const Segments& p, int64_t c, int64_t hh, int64_t r0, const in
                   std::vector<float>& buf, std::vector<char>& hit) {
   const int64_t end = std::min(p.t, (c + 1) * p.rows), nr = std::min(kQueryRows, end - r0);
   if (nr <= 0) return;
-  const int64_t at = std::clamp<int64_t>(int64_t(p.first[c]) * p.block, 0, p.t - p.span);
+  const int64_t at = p.at(c);
   const int64_t groups = (p.span + kKeys - 1) / kKeys, w = groups * kKeys;
   buf.resize(kQueryRows * (w + p.dp) + p.d);
   float *l = buf.data(), *acc = l + kQueryRows * w, *zeros = acc + kQueryRows * p.dp;  // 8 w, 8 dp, d
@@ -410,11 +412,13 @@ void segment_tile(const Segments& p, int64_t c, int64_t hh, int64_t r0, const in
   for (int64_t r = 0; r < kQueryRows; ++r) {
     float* lr = l + r * w;
     v16 tops = v16{} - INFINITY;
-    for (int64_t g = 0; g < groups; ++g)
-      for (int64_t j = g * kKeys; hit[g] && j < (g + 1) * kKeys; j += 16) {
+    for (int64_t g = 0; g < groups; ++g) {
+      if (!hit[g]) continue;
+      for (int64_t j = g * kKeys; j < (g + 1) * kKeys; j += 16) {
         const v16 x = *reinterpret_cast<const v16*>(lr + j);
         tops = x > tops ? x : tops;
       }
+    }
     float top = tops[0];
     for (int i = 1; i < 16; ++i) top = std::max(top, tops[i]);
     v16 sum = v16{};
