@@ -29,7 +29,7 @@ from omni_jax.models.audio_common import hf_get, norm_rules, sub_config
 from omni_jax.nn.attention import segment_attention
 from omni_jax.nn.layers import activation, layer_norm, layer_norm_spec, linear, linear_spec
 from omni_jax.nn.params import ParamSpec, stacked
-from omni_jax.nn.rope import apply_rope, rope_cos_sin, rope_inv_freq
+from omni_jax.nn.rope import rope_cos_sin, rope_inv_freq
 
 LN_EPS = 1e-6
 DENSE_UP_TO = 128  # calls up to this many patches attend in one masked block
@@ -219,8 +219,8 @@ def bucket_patches(n: int) -> int:
 
 
 def bucket_blocks(n: int) -> int:
-    """Block counts: exact up to 16, then sixteenth-octave steps (<= 6.25 % padding)."""
-    step = 1 << max(0, n.bit_length() - 5)
+    """Block counts: exact up to 32, then 1/32-octave steps (<= 3.1 % padding)."""
+    step = 1 << max(0, n.bit_length() - 6)
     return -(-n // step) * step
 
 
@@ -366,11 +366,9 @@ def _block(p: dict, config: VisionConfig, x, cos, sin, grid: Grid, layout: Layou
     n, d = x.shape
     h = layer_norm(p["norm1"], x, LN_EPS)
     qkv = linear(p["attn"]["qkv"], h).reshape(n, 3, config.num_heads, config.head_dim)
-    q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
-    q, k = (apply_rope(a[None].astype(jnp.float32), cos[None], sin[None])[0].astype(x.dtype) for a in (q, k))
     o = segment_attention(
-        q, k, v, segments=grid.segments, key_block_start=grid.key_block_start,
-        key_blocks=layout.key_blocks, block=layout.block, query_blocks=layout.query_blocks,
+        qkv[:, 0], qkv[:, 1], qkv[:, 2], segments=grid.segments, key_block_start=grid.key_block_start,
+        key_blocks=layout.key_blocks, block=layout.block, query_blocks=layout.query_blocks, rope=(cos, sin),
     )  # fmt: skip
     x = x + linear(p["attn"]["proj"], o.reshape(n, d))
     h = activation(config.hidden_act)(linear(p["fc1"], layer_norm(p["norm2"], x, LN_EPS)))

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from omni_jax.nn import cpu_kernels
+from omni_jax.nn.rope import apply_rope
 
 # A finite mask value keeps fully masked rows (left padding) free of NaN.
 MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
@@ -204,29 +205,36 @@ def segment_attention(
     block: int,
     query_blocks: int = 1,
     scale: float | None = None,
+    rope: tuple[jax.Array, jax.Array] | None = None,
 ) -> jax.Array:
     """Attention inside segments (token i sees token j iff segments[i] == segments[j]) as a block structure:
     query chunk c (`query_blocks` blocks) reads only the `key_blocks` key blocks from `key_block_start[c]` on,
     which must cover its segments. q, k, v: t h d with t % block == 0; segments: t int; key_block_start:
-    ceil(t / (block * query_blocks)) int. Costs O(t * key_blocks * block), not O(t^2). On CPU in float32 a
-    kernel keeps each query tile's logits in cache (its gradient is the XLA path's). -> t h d."""
+    ceil(t / (block * query_blocks)) int; rope: (cos, sin) t d, applied to q and k (`apply_rope`) first.
+    Costs O(t * key_blocks * block), not O(t^2). On CPU in float32 a kernel keeps each query tile's logits
+    in cache and applies the rotary as it reads q and k (its gradient is the XLA path's). -> t h d."""
     t, h, d = q.shape
     if t % block:
         raise ValueError(f"sequence length {t} is not a multiple of the block {block}")
     if not 0 < key_blocks * block <= t:
         raise ValueError(f"key span {key_blocks} x {block} must be within the sequence length {t}")
+    if rope is not None and (d % 2 or any(a.shape != (t, d) for a in rope)):
+        raise ValueError(f"rope cos and sin must be (t, d) = {(t, d)} with d even, got {[a.shape for a in rope]}")
     scale = d**-0.5 if scale is None else scale
     layout = (key_blocks, block, query_blocks, float(scale))
-    return _segment_attention(q, k, v, jnp.asarray(segments), jnp.asarray(key_block_start), layout)
+    return _segment_attention(q, k, v, jnp.asarray(segments), jnp.asarray(key_block_start), rope, layout)
 
 
-def _segment_attention_xla(q, k, v, segments, key_block_start, layout) -> jax.Array:
+def _segment_attention_xla(q, k, v, segments, key_block_start, rope, layout) -> jax.Array:
     """segment_attention in XLA ops: a `lax.map` over query chunks; the softmax normalised after the value
     product."""
     key_blocks, block, query_blocks, scale = layout
     t, h, d = q.shape
     span, rows = key_blocks * block, query_blocks * block
     chunks = -(-t // rows)
+    if rope is not None:
+        cos, sin = (a.astype(jnp.float32)[None] for a in rope)
+        q, k = (apply_rope(a[None].astype(jnp.float32), cos, sin)[0].astype(a.dtype) for a in (q, k))
     kh, vh = k.transpose(1, 0, 2), v.transpose(1, 0, 2)  # h t d, sliced along t per query chunk
 
     def one(args):  # one query chunk: h rows d, its segment ids, its first key block
@@ -247,32 +255,38 @@ def _segment_attention_xla(q, k, v, segments, key_block_start, layout) -> jax.Ar
     return out.transpose(0, 2, 1, 3).reshape(chunks * rows, h, d)[:t]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _segment_attention(q, k, v, segments, key_block_start, layout) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _segment_attention(q, k, v, segments, key_block_start, rope, layout) -> jax.Array:
     """The kernel on CPU in float32, else the XLA path."""
     key_blocks, block, query_blocks, scale = layout
     xla = functools.partial(_segment_attention_xla, layout=layout)
-    if not q.dtype == k.dtype == v.dtype == jnp.float32:
-        return xla(q, k, v, segments, key_block_start)
+    if not all(a.dtype == jnp.float32 for a in (q, k, v, *(rope or ()))):
+        return xla(q, k, v, segments, key_block_start, rope)
 
-    def kernel(q, k, v, segments, key_block_start):
+    def kernel(q, k, v, segments, key_block_start, rope):
+        cos, sin = (jnp.zeros((0, q.shape[-1]), jnp.float32),) * 2 if rope is None else rope  # empty: none
         return cpu_kernels.segment_attention(
-            q * scale, k, v, segments, key_block_start,
-            block=block, span=key_blocks * block, rows=query_blocks * block,
+            q, k, v, segments, key_block_start, cos, sin,
+            block=block, span=key_blocks * block, rows=query_blocks * block, scale=scale,
         )  # fmt: skip
 
-    return cpu_kernels.on_cpu(kernel, xla, q, k, v, segments, key_block_start)
+    return cpu_kernels.on_cpu(kernel, xla, q, k, v, segments, key_block_start, rope)
 
 
-def _segment_attention_fwd(q, k, v, segments, key_block_start, layout):
-    residuals = q, k, v, segments, key_block_start
+def _segment_attention_fwd(q, k, v, segments, key_block_start, rope, layout):
+    residuals = q, k, v, segments, key_block_start, rope
     return _segment_attention(*residuals, layout), residuals
 
 
 def _segment_attention_bwd(layout, residuals, grad):
-    q, k, v, segments, key_block_start = residuals
-    _, vjp = jax.vjp(lambda *qkv: _segment_attention_xla(*qkv, segments, key_block_start, layout), q, k, v)
-    return (*vjp(grad), None, None)
+    q, k, v, segments, key_block_start, rope = residuals
+
+    def xla(q, k, v, rope):
+        return _segment_attention_xla(q, k, v, segments, key_block_start, rope, layout)
+
+    _, vjp = jax.vjp(xla, q, k, v, rope)
+    dq, dk, dv, drope = vjp(grad)
+    return dq, dk, dv, None, None, drope
 
 
 _segment_attention.defvjp(_segment_attention_fwd, _segment_attention_bwd)

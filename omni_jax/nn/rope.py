@@ -20,8 +20,8 @@ def rope_angles(positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
 
 def rope_cos_sin(angles: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
     """angles ... t d/2 -> (cos, sin) ... t d, duplicated halves, cast to the activation dtype."""
-    emb = jnp.concatenate([angles, angles], axis=-1)
-    return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+    cos, sin = jnp.cos(angles).astype(dtype), jnp.sin(angles).astype(dtype)  # each frequency once
+    return jnp.concatenate([cos, cos], axis=-1), jnp.concatenate([sin, sin], axis=-1)
 
 
 def rotate_half(x: jax.Array) -> jax.Array:

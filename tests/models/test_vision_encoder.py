@@ -40,7 +40,7 @@ GRIDS = {
     "images of different sizes": [[1, 4, 6], [1, 12, 16], [1, 2, 2], [1, 8, 2]],
     "a video (3 frame groups, several attention blocks)": [[3, 8, 16]],
     "an image and a video": [[1, 6, 4], [4, 8, 12]],
-    "frame groups in query chunks past the last row": [[5, 6, 18]],
+    "frame groups in query chunks past the last row": [[7, 12, 14]],
 }
 
 
@@ -66,11 +66,11 @@ def test_tables_and_block_structure(converted):
     tables, layout = ve.grid_tables(config, [[1, 8, 8], [6, 8, 8], [2, 8, 24]])  # segments of 64, 64 .. 192
     assert layout == ve.Layout(patches=832, block=64, key_blocks=3)
     assert tables.key_block_start.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 7, 7, 10, 10, 10]
-    tables, layout = ve.grid_tables(config, [[5, 6, 18]])  # 5 x 7 blocks of 16, bucketed to 36
-    assert layout == ve.Layout(patches=576, block=16, key_blocks=7, query_blocks=7)
-    assert tables.key_block_start.tolist() == [0, 7, 14, 21, 28, 29]  # a chunk per frame group, then padding
+    tables, layout = ve.grid_tables(config, [[7, 12, 14]])  # 7 x 11 blocks of 16, bucketed to 78
+    assert layout == ve.Layout(patches=1248, block=16, key_blocks=11, query_blocks=11)
+    assert tables.key_block_start.tolist() == [0, 11, 22, 33, 44, 55, 66, 67]  # a chunk per group, then padding
     assert [ve.bucket_patches(n) for n in (1, 60, 64, 100)] == [16, 64, 64, 128]
-    assert [ve.bucket_blocks(n) for n in (7, 13, 17, 33, 49, 101)] == [7, 13, 17, 34, 50, 104]
+    assert [ve.bucket_blocks(n) for n in (7, 33, 49, 65, 101, 200)] == [7, 33, 49, 66, 102, 200]
 
 
 @pytest.mark.parametrize("grid", [[[1, 28, 28]], [[1, 28, 28]] * 4, [[8, 28, 28]], [[2, 20, 36]] * 3])

@@ -18,6 +18,7 @@ from omni_jax.models import vision_encoder as ve
 from omni_jax.nn import cpu_kernels, moe, packed
 from omni_jax.nn.attention import attention, cache_attention, segment_attention
 from omni_jax.nn.layers import linear
+from omni_jax.nn.rope import apply_rope
 from omni_jax.parity.reference import reference_generate
 
 torch = pytest.importorskip("torch")
@@ -156,16 +157,27 @@ SEGMENT_CASES = {
 }
 
 
+def rotated(x, cos, sin):
+    """float64 rotate-half rotary of x t h d by cos, sin t d."""
+    half = x.shape[-1] // 2
+    turned = np.concatenate([-x[..., half:], x[..., :half]], -1)
+    return x * cos[:, None] + turned * sin[:, None]
+
+
 @pytest.mark.parametrize("case", SEGMENT_CASES)
 @pytest.mark.parametrize("h,d", [(4, 64), (3, 72), (2, 8)])  # 72: the release head size, not 16k
-def test_segment_attention_matches_float64(case, h, d, monkeypatch):
+@pytest.mark.parametrize("rope", [False, True])
+def test_segment_attention_matches_float64(case, h, d, rope, monkeypatch):
     t, segments, starts, key_blocks, block, query_blocks = SEGMENT_CASES[case]
     segments, starts = np.asarray(segments, np.int32), np.asarray(starts, np.int32)
     rng = np.random.default_rng(t + h * d)
     q, k, v = (rng.standard_normal((t, h, d)).astype(np.float32) for _ in range(3))
-    want = reference_segment_attention(q, k, v, segments, starts, key_blocks, block, query_blocks)
+    angles = rng.uniform(0, 30, (t, d // 2))
+    tables = tuple(np.concatenate([f(angles)] * 2, -1).astype(np.float32) for f in (np.cos, np.sin))
+    qr, kr = (rotated(np.float64(x), *np.float64(tables)) for x in (q, k)) if rope else (q, k)
+    want = reference_segment_attention(qr, kr, v, segments, starts, key_blocks, block, query_blocks)
     layout = dict(segments=segments, key_block_start=starts, key_blocks=key_blocks, block=block,
-                  query_blocks=query_blocks)  # fmt: skip
+                  query_blocks=query_blocks, rope=tables if rope else None)  # fmt: skip
     run = jax.jit(lambda q, k, v: segment_attention(q, k, v, **layout))
     np.testing.assert_allclose(np.asarray(run(q, k, v)), want, atol=2e-6)
     monkeypatch.setattr(cpu_kernels, "ready", lambda: False)  # the XLA path
@@ -174,7 +186,8 @@ def test_segment_attention_matches_float64(case, h, d, monkeypatch):
 
 
 def test_segment_attention_gradient_and_bfloat16():
-    """The kernel's gradient (the XLA path's) equals dense masked attention's; bfloat16 runs the XLA path."""
+    """The kernel's gradient (the XLA path's) equals dense masked attention's, with and without the rotary;
+    bfloat16 runs the XLA path."""
     t, segments, starts, key_blocks, block, query_blocks = vision_layout([[1, 4, 6], [2, 8, 8]])
     rng = np.random.default_rng(0)
     q, k, v = (jnp.asarray(rng.standard_normal((t, 2, 16)), jnp.float32) for _ in range(3))
@@ -190,6 +203,14 @@ def test_segment_attention_gradient_and_bfloat16():
     dense = loss(lambda q, k, v: attention(q[None], k[None], v[None], mask=mask)[0])
     for a, b in zip(ours, dense, strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+    cos, sin = (jnp.asarray(rng.standard_normal((t, 16)), jnp.float32) for _ in range(2))
+    ours = loss(lambda q, k, v: segment_attention(q, k, v, **layout, rope=(cos, sin)))
+    dense = loss(lambda q, k, v: attention(*(apply_rope(x[None], cos[None], sin[None]) for x in (q, k)),
+                                           v[None], mask=mask)[0])  # fmt: skip
+    for a, b in zip(ours, dense, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+    with pytest.raises(ValueError, match=r"rope cos and sin must be \(t, d\)"):
+        segment_attention(q, k, v, **layout, rope=(cos[:, :8], sin[:, :8]))
     bf = segment_attention(*(x.astype(jnp.bfloat16) for x in (q, k, v)), **layout)
     assert bf.dtype == jnp.bfloat16
     want = segment_attention(q, k, v, **layout)

@@ -15,7 +15,8 @@
 // SegmentAttention: attention inside segments (the vision encoder's images and frame groups), query chunk c
 // reading keys [at, at + span) only. A task is 8 query rows of one head: their logits over the whole span stay
 // in cache between the key pass and the value pass (XLA writes them to memory and reads them back three
-// times), and 32-key groups holding no key of the rows' segments are skipped.
+// times), and 32-key groups holding no key of the rows' segments are skipped. The rotary (optional) is applied
+// as the query rows are read and the keys packed, which saves XLA a pass writing rotated copies of q and k.
 //
 // Work is shared out over XLA's intra-op thread pool in chunks that every thread (the caller included) takes
 // from one atomic counter, so a call never waits on a task that has not started.
@@ -276,7 +277,10 @@ constexpr int64_t kKeys = 32;      // keys per logits register block (2 vectors)
 constexpr int64_t kQueryRows = 8;  // query rows per task (one register block)
 
 struct Segments {
-  const float* q;            // t h d, scaled
+  const float* q;            // t h d
+  const float* cos;          // t d: the rotary's cos and sin (rotate-half layout), or null: no rotary
+  const float* sin;
+  float scale;               // of the logits
   const float* kt;           // h d tp: keys transposed, zero from t on (tp = t + kKeys)
   const float* v;            // h tp dp: values, zero from t on and from d on (dp = 16 ceil(d / 16))
   const int32_t* seg;        // t
@@ -286,6 +290,20 @@ struct Segments {
   // the first key chunk c reads: its first block's, clipped so that the span fits
   int64_t at(int64_t c) const { return std::clamp<int64_t>(int64_t(first[c]) * block, 0, t - span); }
 };
+
+// Row x (d floats) of token j with the rotary applied (when cos is not null) and times `scale` -> out:
+// x cos + rotate_half(x) sin, rotate_half(x) = [-x2, x1].
+void rotate(const float* x, const float* cos, const float* sin, int64_t j, int64_t d, float scale,
+            float* __restrict__ out) {
+  if (cos == nullptr) {
+    for (int64_t e = 0; e < d; ++e) out[e] = x[e] * scale;
+    return;
+  }
+  const float *c = cos + j * d, *s = sin + j * d;
+  const int64_t half = d / 2;
+  for (int64_t e = 0; e < half; ++e) out[e] = (x[e] * c[e] - x[e + half] * s[e]) * scale;
+  for (int64_t e = half; e < d; ++e) out[e] = (x[e] * c[e] + x[e - half] * s[e]) * scale;
+}
 
 // exp(x) for x <= 0: Cephes' expf polynomial on x - n ln 2 (within 2 ulp), n rounded by adding 1.5 * 2^23,
 // which leaves n in the low mantissa bits; 0 below -87.3, where float32 underflows.
@@ -374,14 +392,18 @@ void segment_tile(const Segments& p, int64_t c, int64_t hh, int64_t r0, const in
   if (nr <= 0) return;
   const int64_t at = p.at(c);
   const int64_t groups = (p.span + kKeys - 1) / kKeys, w = groups * kKeys;
-  buf.resize(kQueryRows * (w + p.dp) + p.d);
-  float *l = buf.data(), *acc = l + kQueryRows * w, *zeros = acc + kQueryRows * p.dp;  // 8 w, 8 dp, d
-  std::fill(zeros, zeros + p.d, 0.f);
+  buf.resize(kQueryRows * (w + p.dp + p.d));
+  float *l = buf.data(), *acc = l + kQueryRows * w, *rows = acc + kQueryRows * p.dp;  // 8 w, 8 dp, 8 d
   int32_t segq[kQueryRows];
-  const float* q[kQueryRows];  // the rows of the tile (zeros past its end)
+  const float* q[kQueryRows];  // the rows of the tile, rotated and scaled (zeros past its end)
   for (int64_t r = 0; r < kQueryRows; ++r) {
     segq[r] = r < nr ? p.seg[r0 + r] : kMixed;
-    q[r] = r < nr ? p.q + ((r0 + r) * p.h + hh) * p.d : zeros;
+    q[r] = rows + r * p.d;
+    if (r < nr) {
+      rotate(p.q + ((r0 + r) * p.h + hh) * p.d, p.cos, p.sin, r0 + r, p.d, p.scale, rows + r * p.d);
+    } else {
+      std::fill(rows + r * p.d, rows + (r + 1) * p.d, 0.f);
+    }
   }
   const int32_t* sk = p.seg + at;
   const float* kt = p.kt + hh * p.d * p.tp + at;
@@ -452,34 +474,39 @@ void segment_tile(const Segments& p, int64_t c, int64_t hh, int64_t r0, const in
   }
 }
 
-// Keys k (t h d) -> kt (h d tp) and values v (t h d) -> vp (h tp dp), zero past t and past d, over the pool.
-void pack_keys_values(ffi::ThreadPool& pool, const float* k, const float* v, int64_t t, int64_t h, int64_t d,
-                      int64_t tp, int64_t dp, float* kt, float* vp) {
+// Keys k (t h d, rotated when cos is not null) -> kt (h d tp) and values v (t h d) -> vp (h tp dp), zero past
+// t and past d, over the pool.
+void pack_keys_values(ffi::ThreadPool& pool, const float* k, const float* v, const float* cos, const float* sin,
+                      int64_t t, int64_t h, int64_t d, int64_t tp, int64_t dp, float* kt, float* vp) {
   constexpr int64_t kSlab = 256;  // rows per task
   const int64_t slabs = (tp + kSlab - 1) / kSlab;
   parallel_for(pool, h * slabs, 1, [=](int64_t i) {
     const int64_t hh = i / slabs, j0 = i % slabs * kSlab, j1 = std::min(tp, j0 + kSlab);
+    std::vector<float> key(d);
     for (int64_t j = j0; j < j1; ++j) {
       float* row = vp + (hh * tp + j) * dp;
       if (j < t) std::copy_n(v + (j * h + hh) * d, d, row);
       std::fill(row + (j < t ? d : 0), row + dp, 0.f);
-    }
-    for (int64_t e = 0; e < d; ++e) {
-      float* col = kt + (hh * d + e) * tp;
-      for (int64_t j = j0; j < j1; ++j) col[j] = j < t ? k[(j * h + hh) * d + e] : 0.f;
+      if (j < t) rotate(k + (j * h + hh) * d, cos, sin, j, d, 1.f, key.data());
+      for (int64_t e = 0; e < d; ++e) kt[(hh * d + e) * tp + j] = j < t ? key[e] : 0.f;
     }
   });
 }
 
 ffi::Error SegmentAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
                             ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::S32> seg, ffi::Buffer<ffi::S32> first,
-                            int64_t block, int64_t span, int64_t rows, ffi::ResultBuffer<ffi::F32> out) {
+                            ffi::Buffer<ffi::F32> cos, ffi::Buffer<ffi::F32> sin, int64_t block, int64_t span,
+                            int64_t rows, float scale, ffi::ResultBuffer<ffi::F32> out) {
   const auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions(), od = out->dimensions();
   if (qd.size() != 3 || !std::equal(qd.begin(), qd.end(), kd.begin(), kd.end()) ||
       !std::equal(qd.begin(), qd.end(), vd.begin(), vd.end()) || seg.element_count() != qd[0] ||
       !std::equal(qd.begin(), qd.end(), od.begin(), od.end()))
     return ffi::Error::InvalidArgument("segment_attention: want q, k, v and out (t, h, d), segments (t,)");
   const int64_t t = qd[0], h = qd[1], d = qd[2], tp = t + kKeys, dp = (d + 15) / 16 * 16;
+  const bool rotary = cos.element_count() > 0;
+  if (cos.element_count() != sin.element_count() || (rotary && (cos.element_count() != t * d || d % 2)))
+    return ffi::Error::InvalidArgument("segment_attention: cos and sin must both be (t, d) with d even, or empty");
+  const float *cs = rotary ? cos.typed_data() : nullptr, *sn = rotary ? sin.typed_data() : nullptr;
   const int64_t chunks = (t + rows - 1) / rows;
   if (block < 1 || span < 1 || span > t || rows < 1 || first.element_count() != chunks)
     return ffi::Error::InvalidArgument("segment_attention: bad block, span or rows, or a first block per chunk");
@@ -493,9 +520,9 @@ ffi::Error SegmentAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::
   std::vector<float>& packed = hold.owns_lock() && h * tp * (d + dp) <= kKeptFloats ? kept : own;
   packed.resize(h * tp * (d + dp));
   float *kt = packed.data(), *vp = kt + h * d * tp;
-  pack_keys_values(pool, k.typed_data(), v.typed_data(), t, h, d, tp, dp, kt, vp);
-  const Segments p{q.typed_data(), kt, vp, seg.typed_data(), first.typed_data(), out->typed_data(),
-                   t, h, d, tp, dp, block, span, rows};
+  pack_keys_values(pool, k.typed_data(), v.typed_data(), cs, sn, t, h, d, tp, dp, kt, vp);
+  const Segments p{q.typed_data(), cs, sn, scale, kt, vp, seg.typed_data(), first.typed_data(),
+                   out->typed_data(), t, h, d, tp, dp, block, span, rows};
   const int64_t tiles = (rows + kQueryRows - 1) / kQueryRows, groups = (span + kKeys - 1) / kKeys;
   const std::vector<int32_t> summary = group_segments(p, chunks, groups);
   parallel_for(pool, chunks * p.h * tiles, 16, [&](int64_t i) {
@@ -545,7 +572,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OmniJaxDecodeAttention, DecodeAttention,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OmniJaxSegmentAttention, SegmentAttention,
                               attention_binding()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("block")
                                   .Attr<int64_t>("span")
                                   .Attr<int64_t>("rows")
+                                  .Attr<float>("scale")
                                   .Ret<ffi::Buffer<ffi::F32>>());
