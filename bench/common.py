@@ -26,17 +26,25 @@ def median_time(fn: Callable[[], object], *, warmup: int = 2, repeats: int = 7) 
     return statistics.median(times)
 
 
+# torch's OpenMP workers spin for about 10 ms after each call (measured on the 2-core EPYC: 8-11 ms of CPU
+# in the first 10 ms, then none); XLA's do not. A call timed right after a torch call would share its cores
+# with them, so each timed call of `paired_median_times` starts after this idle gap.
+SETTLE_S = 0.02
+
+
 def paired_median_times(
     fns: tuple[Callable[[], object], ...], *, warmup: int = 1, repeats: int = 5
 ) -> list[float]:
     """Median wall time (s) of each fn, the calls interleaved (a b a b ...) so that a load change on a shared
-    machine hits every side alike; warm-up calls (compilation included) first."""
+    machine hits every side alike, each after an idle gap of SETTLE_S; warm-up calls (compilation included)
+    first."""
     for _ in range(warmup):
         for fn in fns:
             fn()
     times = [[] for _ in fns]
     for _ in range(repeats):
         for fn, ts in zip(fns, times, strict=True):
+            time.sleep(SETTLE_S)
             start = time.perf_counter()
             fn()
             ts.append(time.perf_counter() - start)
