@@ -90,7 +90,7 @@ def preprocess_rows(repeats: int) -> list[dict]:
 
 def main() -> None:
     p = parser(__doc__)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--preprocess", action="store_true", help="only the preprocessing rows (no jax)")
     args = p.parse_args()
     import torch
