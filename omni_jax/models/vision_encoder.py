@@ -367,7 +367,7 @@ def _block(p: dict, config: VisionConfig, x, cos, sin, grid: Grid, layout: Layou
     h = layer_norm(p["norm1"], x, LN_EPS)
     qkv = linear(p["attn"]["qkv"], h).reshape(n, 3, config.num_heads, config.head_dim)
     o = segment_attention(
-        qkv[:, 0], qkv[:, 1], qkv[:, 2], segments=grid.segments, key_block_start=grid.key_block_start,
+        qkv, segments=grid.segments, key_block_start=grid.key_block_start,
         key_blocks=layout.key_blocks, block=layout.block, query_blocks=layout.query_blocks, rope=(cos, sin),
     )  # fmt: skip
     x = x + linear(p["attn"]["proj"], o.reshape(n, d))

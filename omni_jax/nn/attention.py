@@ -195,9 +195,7 @@ def causal_blocked_attention(
 
 
 def segment_attention(
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
+    qkv: jax.Array,
     *,
     segments: jax.Array,
     key_block_start: jax.Array,
@@ -209,29 +207,34 @@ def segment_attention(
 ) -> jax.Array:
     """Attention inside segments (token i sees token j iff segments[i] == segments[j]) as a block structure:
     query chunk c (`query_blocks` blocks) reads only the `key_blocks` key blocks from `key_block_start[c]` on,
-    which must cover its segments. q, k, v: t h d with t % block == 0; segments: t int; key_block_start:
-    ceil(t / (block * query_blocks)) int; rope: (cos, sin) t d, applied to q and k (`apply_rope`) first.
-    Costs O(t * key_blocks * block), not O(t^2). On CPU in float32 a kernel keeps each query tile's logits
-    in cache and applies the rotary as it reads q and k (its gradient is the XLA path's). -> t h d."""
-    t, h, d = q.shape
+    which must cover its segments. qkv: t 3 h d (q, k, v packed, as a fused projection gives them) with
+    t % block == 0; segments: t int; key_block_start: ceil(t / (block * query_blocks)) int; rope: (cos, sin)
+    t d, applied to q and k (`apply_rope`) first. Costs O(t * key_blocks * block), not O(t^2). On CPU in
+    float32 a kernel reads qkv in place, applies the rotary as it reads q and k and keeps each query tile's
+    logits in cache (its gradient is the XLA path's). -> t h d."""
+    if qkv.ndim != 4 or qkv.shape[1] != 3:
+        raise ValueError(f"qkv must be (t, 3, h, d), got shape {qkv.shape}")
+    t, _, h, d = qkv.shape
     if t % block:
         raise ValueError(f"sequence length {t} is not a multiple of the block {block}")
     if not 0 < key_blocks * block <= t:
         raise ValueError(f"key span {key_blocks} x {block} must be within the sequence length {t}")
     if rope is not None and (d % 2 or any(a.shape != (t, d) for a in rope)):
-        raise ValueError(f"rope cos and sin must be (t, d) = {(t, d)} with d even, got {[a.shape for a in rope]}")
+        shapes = [a.shape for a in rope]
+        raise ValueError(f"rope cos and sin must be (t, d) = {(t, d)} with d even, got {shapes}")
     scale = d**-0.5 if scale is None else scale
     layout = (key_blocks, block, query_blocks, float(scale))
-    return _segment_attention(q, k, v, jnp.asarray(segments), jnp.asarray(key_block_start), rope, layout)
+    return _segment_attention(qkv, jnp.asarray(segments), jnp.asarray(key_block_start), rope, layout)
 
 
-def _segment_attention_xla(q, k, v, segments, key_block_start, rope, layout) -> jax.Array:
+def _segment_attention_xla(qkv, segments, key_block_start, rope, layout) -> jax.Array:
     """segment_attention in XLA ops: a `lax.map` over query chunks; the softmax normalised after the value
     product."""
     key_blocks, block, query_blocks, scale = layout
-    t, h, d = q.shape
+    t, _, h, d = qkv.shape
     span, rows = key_blocks * block, query_blocks * block
     chunks = -(-t // rows)
+    q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
     if rope is not None:
         cos, sin = (a.astype(jnp.float32)[None] for a in rope)
         q, k = (apply_rope(a[None].astype(jnp.float32), cos, sin)[0].astype(a.dtype) for a in (q, k))
@@ -255,38 +258,38 @@ def _segment_attention_xla(q, k, v, segments, key_block_start, rope, layout) -> 
     return out.transpose(0, 2, 1, 3).reshape(chunks * rows, h, d)[:t]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
-def _segment_attention(q, k, v, segments, key_block_start, rope, layout) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _segment_attention(qkv, segments, key_block_start, rope, layout) -> jax.Array:
     """The kernel on CPU in float32, else the XLA path."""
     key_blocks, block, query_blocks, scale = layout
     xla = functools.partial(_segment_attention_xla, layout=layout)
-    if not all(a.dtype == jnp.float32 for a in (q, k, v, *(rope or ()))):
-        return xla(q, k, v, segments, key_block_start, rope)
+    if not all(a.dtype == jnp.float32 for a in (qkv, *(rope or ()))):
+        return xla(qkv, segments, key_block_start, rope)
 
-    def kernel(q, k, v, segments, key_block_start, rope):
-        cos, sin = (jnp.zeros((0, q.shape[-1]), jnp.float32),) * 2 if rope is None else rope  # empty: none
+    def kernel(qkv, segments, key_block_start, rope):
+        cos, sin = (jnp.zeros((0, qkv.shape[-1]), jnp.float32),) * 2 if rope is None else rope  # empty: none
         return cpu_kernels.segment_attention(
-            q, k, v, segments, key_block_start, cos, sin,
+            qkv, segments, key_block_start, cos, sin,
             block=block, span=key_blocks * block, rows=query_blocks * block, scale=scale,
         )  # fmt: skip
 
-    return cpu_kernels.on_cpu(kernel, xla, q, k, v, segments, key_block_start, rope)
+    return cpu_kernels.on_cpu(kernel, xla, qkv, segments, key_block_start, rope)
 
 
-def _segment_attention_fwd(q, k, v, segments, key_block_start, rope, layout):
-    residuals = q, k, v, segments, key_block_start, rope
+def _segment_attention_fwd(qkv, segments, key_block_start, rope, layout):
+    residuals = qkv, segments, key_block_start, rope
     return _segment_attention(*residuals, layout), residuals
 
 
 def _segment_attention_bwd(layout, residuals, grad):
-    q, k, v, segments, key_block_start, rope = residuals
+    qkv, segments, key_block_start, rope = residuals
 
-    def xla(q, k, v, rope):
-        return _segment_attention_xla(q, k, v, segments, key_block_start, rope, layout)
+    def xla(qkv, rope):
+        return _segment_attention_xla(qkv, segments, key_block_start, rope, layout)
 
-    _, vjp = jax.vjp(xla, q, k, v, rope)
-    dq, dk, dv, drope = vjp(grad)
-    return dq, dk, dv, None, None, drope
+    _, vjp = jax.vjp(xla, qkv, rope)
+    dqkv, drope = vjp(grad)
+    return dqkv, None, None, drope
 
 
 _segment_attention.defvjp(_segment_attention_fwd, _segment_attention_bwd)

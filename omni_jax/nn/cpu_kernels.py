@@ -69,14 +69,16 @@ def decode_attention(q, k_cache, v_cache, layer, start, stop, scale: float) -> j
 
 
 def segment_attention(
-    q, k, v, segments, key_block_start, cos, sin, *, block: int, span: int, rows: int, scale: float
+    qkv, segments, key_block_start, cos, sin, *, block: int, span: int, rows: int, scale: float
 ) -> jax.Array:
-    """q, k, v t h d (float32), the rotary's cos and sin t d (rotate-half layout; both (0, d): none) applied to
-    q and k, logits times `scale`; query chunk c (`rows` rows) attends to keys [at, at + span), at =
-    key_block_start[c] * block clipped into [0, t - span], inside its segment -> t h d."""
-    operands = q, k, v, jnp.asarray(segments, jnp.int32), jnp.asarray(key_block_start, jnp.int32), cos, sin
+    """qkv t 3 h d (float32: q, k, v packed, read in place), the rotary's cos and sin t d (rotate-half layout;
+    both (0, d): none) applied to q and k, logits times `scale`; query chunk c (`rows` rows) attends to keys
+    [at, at + span), at = key_block_start[c] * block clipped into [0, t - span], inside its segment.
+    -> t h d."""
+    t, _, h, d = qkv.shape
+    operands = qkv, jnp.asarray(segments, jnp.int32), jnp.asarray(key_block_start, jnp.int32), cos, sin
     sizes = {"block": np.int64(block), "span": np.int64(span), "rows": np.int64(rows)}
-    return _call("omni_jax_segment_attention", q.shape, *operands, **sizes, scale=np.float32(scale))
+    return _call("omni_jax_segment_attention", (t, h, d), *operands, **sizes, scale=np.float32(scale))
 
 
 @functools.cache

@@ -178,10 +178,11 @@ def test_segment_attention_matches_float64(case, h, d, rope, monkeypatch):
     want = reference_segment_attention(qr, kr, v, segments, starts, key_blocks, block, query_blocks)
     layout = dict(segments=segments, key_block_start=starts, key_blocks=key_blocks, block=block,
                   query_blocks=query_blocks, rope=tables if rope else None)  # fmt: skip
-    run = jax.jit(lambda q, k, v: segment_attention(q, k, v, **layout))
-    np.testing.assert_allclose(np.asarray(run(q, k, v)), want, atol=2e-6)
+    qkv = np.stack([q, k, v], 1)  # t 3 h d
+    run = jax.jit(lambda qkv: segment_attention(qkv, **layout))
+    np.testing.assert_allclose(np.asarray(run(qkv)), want, atol=2e-6)
     monkeypatch.setattr(cpu_kernels, "ready", lambda: False)  # the XLA path
-    got = segment_attention(q, k, v, **layout)
+    got = segment_attention(qkv, **layout)
     np.testing.assert_allclose(np.asarray(got), want, atol=2e-6)
 
 
@@ -199,21 +200,23 @@ def test_segment_attention_gradient_and_bfloat16():
     def loss(fn):
         return jax.grad(lambda q, k, v: (fn(q, k, v) * weights).sum(), argnums=(0, 1, 2))(q, k, v)
 
-    ours = loss(lambda q, k, v: segment_attention(q, k, v, **layout))
+    ours = loss(lambda *qkv: segment_attention(jnp.stack(qkv, 1), **layout))
     dense = loss(lambda q, k, v: attention(q[None], k[None], v[None], mask=mask)[0])
     for a, b in zip(ours, dense, strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
     cos, sin = (jnp.asarray(rng.standard_normal((t, 16)), jnp.float32) for _ in range(2))
-    ours = loss(lambda q, k, v: segment_attention(q, k, v, **layout, rope=(cos, sin)))
+    ours = loss(lambda *qkv: segment_attention(jnp.stack(qkv, 1), **layout, rope=(cos, sin)))
     dense = loss(lambda q, k, v: attention(*(apply_rope(x[None], cos[None], sin[None]) for x in (q, k)),
                                            v[None], mask=mask)[0])  # fmt: skip
     for a, b in zip(ours, dense, strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
     with pytest.raises(ValueError, match=r"rope cos and sin must be \(t, d\)"):
-        segment_attention(q, k, v, **layout, rope=(cos[:, :8], sin[:, :8]))
-    bf = segment_attention(*(x.astype(jnp.bfloat16) for x in (q, k, v)), **layout)
+        segment_attention(jnp.stack([q, k, v], 1), **layout, rope=(cos[:, :8], sin[:, :8]))
+    with pytest.raises(ValueError, match=r"qkv must be \(t, 3, h, d\)"):
+        segment_attention(q, **layout)
+    bf = segment_attention(jnp.stack([q, k, v], 1).astype(jnp.bfloat16), **layout)
     assert bf.dtype == jnp.bfloat16
-    want = segment_attention(q, k, v, **layout)
+    want = segment_attention(jnp.stack([q, k, v], 1), **layout)
     np.testing.assert_allclose(np.asarray(bf, np.float32), np.asarray(want), atol=0.1)
 
 

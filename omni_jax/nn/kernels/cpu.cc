@@ -277,7 +277,7 @@ constexpr int64_t kKeys = 32;      // keys per logits register block (2 vectors)
 constexpr int64_t kQueryRows = 8;  // query rows per task (one register block)
 
 struct Segments {
-  const float* q;            // t h d
+  const float* q;            // t 3 h d: the packed q, k, v (q read in place)
   const float* cos;          // t d: the rotary's cos and sin (rotate-half layout), or null: no rotary
   const float* sin;
   float scale;               // of the logits
@@ -400,7 +400,7 @@ void segment_tile(const Segments& p, int64_t c, int64_t hh, int64_t r0, const in
     segq[r] = r < nr ? p.seg[r0 + r] : kMixed;
     q[r] = rows + r * p.d;
     if (r < nr) {
-      rotate(p.q + ((r0 + r) * p.h + hh) * p.d, p.cos, p.sin, r0 + r, p.d, p.scale, rows + r * p.d);
+      rotate(p.q + ((r0 + r) * 3 * p.h + hh) * p.d, p.cos, p.sin, r0 + r, p.d, p.scale, rows + r * p.d);
     } else {
       std::fill(rows + r * p.d, rows + (r + 1) * p.d, 0.f);
     }
@@ -474,10 +474,11 @@ void segment_tile(const Segments& p, int64_t c, int64_t hh, int64_t r0, const in
   }
 }
 
-// Keys k (t h d, rotated when cos is not null) -> kt (h d tp) and values v (t h d) -> vp (h tp dp), zero past
-// t and past d, over the pool.
-void pack_keys_values(ffi::ThreadPool& pool, const float* k, const float* v, const float* cos, const float* sin,
-                      int64_t t, int64_t h, int64_t d, int64_t tp, int64_t dp, float* kt, float* vp) {
+// Keys (rotated when cos is not null) and values of qkv (t 3 h d) -> kt (h d tp) and vp (h tp dp), zero past t
+// and past d, over the pool.
+void pack_keys_values(ffi::ThreadPool& pool, const float* qkv, const float* cos, const float* sin, int64_t t,
+                      int64_t h, int64_t d, int64_t tp, int64_t dp, float* kt, float* vp) {
+  const float *k = qkv + h * d, *v = qkv + 2 * h * d;  // row j of head hh: (j * 3 h + hh) d
   constexpr int64_t kSlab = 256;  // rows per task
   const int64_t slabs = (tp + kSlab - 1) / kSlab;
   parallel_for(pool, h * slabs, 1, [=](int64_t i) {
@@ -485,24 +486,23 @@ void pack_keys_values(ffi::ThreadPool& pool, const float* k, const float* v, con
     std::vector<float> key(d);
     for (int64_t j = j0; j < j1; ++j) {
       float* row = vp + (hh * tp + j) * dp;
-      if (j < t) std::copy_n(v + (j * h + hh) * d, d, row);
+      if (j < t) std::copy_n(v + (j * 3 * h + hh) * d, d, row);
       std::fill(row + (j < t ? d : 0), row + dp, 0.f);
-      if (j < t) rotate(k + (j * h + hh) * d, cos, sin, j, d, 1.f, key.data());
+      if (j < t) rotate(k + (j * 3 * h + hh) * d, cos, sin, j, d, 1.f, key.data());
       for (int64_t e = 0; e < d; ++e) kt[(hh * d + e) * tp + j] = j < t ? key[e] : 0.f;
     }
   });
 }
 
-ffi::Error SegmentAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
-                            ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::S32> seg, ffi::Buffer<ffi::S32> first,
-                            ffi::Buffer<ffi::F32> cos, ffi::Buffer<ffi::F32> sin, int64_t block, int64_t span,
-                            int64_t rows, float scale, ffi::ResultBuffer<ffi::F32> out) {
-  const auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions(), od = out->dimensions();
-  if (qd.size() != 3 || !std::equal(qd.begin(), qd.end(), kd.begin(), kd.end()) ||
-      !std::equal(qd.begin(), qd.end(), vd.begin(), vd.end()) || seg.element_count() != qd[0] ||
-      !std::equal(qd.begin(), qd.end(), od.begin(), od.end()))
-    return ffi::Error::InvalidArgument("segment_attention: want q, k, v and out (t, h, d), segments (t,)");
-  const int64_t t = qd[0], h = qd[1], d = qd[2], tp = t + kKeys, dp = (d + 15) / 16 * 16;
+ffi::Error SegmentAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv, ffi::Buffer<ffi::S32> seg,
+                            ffi::Buffer<ffi::S32> first, ffi::Buffer<ffi::F32> cos, ffi::Buffer<ffi::F32> sin,
+                            int64_t block, int64_t span, int64_t rows, float scale,
+                            ffi::ResultBuffer<ffi::F32> out) {
+  const auto xd = qkv.dimensions(), od = out->dimensions();
+  if (xd.size() != 4 || xd[1] != 3 || od.size() != 3 || od[0] != xd[0] || od[1] != xd[2] || od[2] != xd[3] ||
+      seg.element_count() != xd[0])
+    return ffi::Error::InvalidArgument("segment_attention: want qkv (t, 3, h, d), out (t, h, d), segments (t,)");
+  const int64_t t = xd[0], h = xd[2], d = xd[3], tp = t + kKeys, dp = (d + 15) / 16 * 16;
   const bool rotary = cos.element_count() > 0;
   if (cos.element_count() != sin.element_count() || (rotary && (cos.element_count() != t * d || d % 2)))
     return ffi::Error::InvalidArgument("segment_attention: cos and sin must both be (t, d) with d even, or empty");
@@ -520,8 +520,8 @@ ffi::Error SegmentAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::
   std::vector<float>& packed = hold.owns_lock() && h * tp * (d + dp) <= kKeptFloats ? kept : own;
   packed.resize(h * tp * (d + dp));
   float *kt = packed.data(), *vp = kt + h * d * tp;
-  pack_keys_values(pool, k.typed_data(), v.typed_data(), cs, sn, t, h, d, tp, dp, kt, vp);
-  const Segments p{q.typed_data(), cs, sn, scale, kt, vp, seg.typed_data(), first.typed_data(),
+  pack_keys_values(pool, qkv.typed_data(), cs, sn, t, h, d, tp, dp, kt, vp);
+  const Segments p{qkv.typed_data(), cs, sn, scale, kt, vp, seg.typed_data(), first.typed_data(),
                    out->typed_data(), t, h, d, tp, dp, block, span, rows};
   const int64_t tiles = (rows + kQueryRows - 1) / kQueryRows, groups = (span + kKeys - 1) / kKeys;
   const std::vector<int32_t> summary = group_segments(p, chunks, groups);
@@ -532,17 +532,6 @@ ffi::Error SegmentAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::
     segment_tile(p, c, hh, c * p.rows + tile * kQueryRows, &summary[c * groups], buf, hit);
   });
   return ffi::Error::Success();
-}
-
-// The arguments both attention kernels open with: the pool, q, k, v (float32) and two int32 buffers.
-auto attention_binding() {
-  return ffi::Ffi::Bind()
-      .Ctx<ffi::ThreadPool>()
-      .Arg<ffi::Buffer<ffi::F32>>()
-      .Arg<ffi::Buffer<ffi::F32>>()
-      .Arg<ffi::Buffer<ffi::F32>>()
-      .Arg<ffi::Buffer<ffi::S32>>()
-      .Arg<ffi::Buffer<ffi::S32>>();
 }
 
 }  // namespace
@@ -565,13 +554,23 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OmniJaxRoutedExperts, RoutedExperts,
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OmniJaxDecodeAttention, DecodeAttention,
-                              attention_binding()
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Attr<float>("scale")
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OmniJaxSegmentAttention, SegmentAttention,
-                              attention_binding()
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("block")
