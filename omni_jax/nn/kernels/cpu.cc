@@ -27,6 +27,7 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -534,47 +535,42 @@ ffi::Error SegmentAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv, ffi
   return ffi::Error::Success();
 }
 
+// The start of a handler's binding: XLA's thread pool, then buffer arguments of the given types (Binding has
+// no public move: each step hands a prvalue on).
+template <ffi::DataType T, ffi::DataType... Ts>
+struct Buffers {
+  template <typename B>
+  static auto add(B binding) {
+    if constexpr (sizeof...(Ts) == 0) {
+      return std::move(binding).template Arg<ffi::Buffer<T>>();
+    } else {
+      return Buffers<Ts...>::add(std::move(binding).template Arg<ffi::Buffer<T>>());
+    }
+  }
+};
+template <ffi::DataType... Ts>
+auto pool_and_buffers() { return Buffers<Ts...>::add(ffi::Ffi::Bind().Ctx<ffi::ThreadPool>()); }
+
+using ffi::F32;
+using ffi::S32;
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OmniJaxPackedMatmul, PackedMatmul,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                              (pool_and_buffers<F32, F32>().Ret<ffi::Buffer<F32>>()));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OmniJaxRoutedExperts, RoutedExperts,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                              (pool_and_buffers<F32, F32, F32, S32, F32>().Ret<ffi::Buffer<F32>>()));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OmniJaxDecodeAttention, DecodeAttention,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Attr<float>("scale")
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                              (pool_and_buffers<F32, F32, F32, S32, S32, S32>()
+                                   .Attr<float>("scale")
+                                   .Ret<ffi::Buffer<F32>>()));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OmniJaxSegmentAttention, SegmentAttention,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("block")
-                                  .Attr<int64_t>("span")
-                                  .Attr<int64_t>("rows")
-                                  .Attr<float>("scale")
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                              (pool_and_buffers<F32, S32, S32, F32, F32>()
+                                   .Attr<int64_t>("block")
+                                   .Attr<int64_t>("span")
+                                   .Attr<int64_t>("rows")
+                                   .Attr<float>("scale")
+                                   .Ret<ffi::Buffer<F32>>()));
