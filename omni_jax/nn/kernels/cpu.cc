@@ -15,8 +15,9 @@
 // SegmentAttention: attention inside segments (the vision encoder's images and frame groups), query chunk c
 // reading keys [at, at + span) only. A task is 8 query rows of one head: their logits over the whole span stay
 // in cache between the key pass and the value pass (XLA writes them to memory and reads them back three
-// times), and 32-key groups holding no key of the rows' segments are skipped. The rotary (optional) is applied
-// as the query rows are read and the keys packed, which saves XLA a pass writing rotated copies of q and k.
+// times), and 32-key groups holding no key of the rows' segments are skipped. q, k and v are read in place from
+// the fused projection's output (t 3 h d), and the rotary (optional) is applied as the query rows are read and
+// the keys packed: XLA writes no sliced or rotated copies of them.
 //
 // Work is shared out over XLA's intra-op thread pool in chunks that every thread (the caller included) takes
 // from one atomic counter, so a call never waits on a task that has not started.
