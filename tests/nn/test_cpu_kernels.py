@@ -210,13 +210,14 @@ def test_segment_attention_gradient_and_bfloat16():
                                            v[None], mask=mask)[0])  # fmt: skip
     for a, b in zip(ours, dense, strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+    qkv = jnp.stack([q, k, v], 1)  # t 3 h d
     with pytest.raises(ValueError, match=r"rope cos and sin must be \(t, d\)"):
-        segment_attention(jnp.stack([q, k, v], 1), **layout, rope=(cos[:, :8], sin[:, :8]))
+        segment_attention(qkv, **layout, rope=(cos[:, :8], sin[:, :8]))
     with pytest.raises(ValueError, match=r"qkv must be \(t, 3, h, d\)"):
         segment_attention(q, **layout)
-    bf = segment_attention(jnp.stack([q, k, v], 1).astype(jnp.bfloat16), **layout)
+    bf = segment_attention(qkv.astype(jnp.bfloat16), **layout)
     assert bf.dtype == jnp.bfloat16
-    want = segment_attention(jnp.stack([q, k, v], 1), **layout)
+    want = segment_attention(qkv, **layout)
     np.testing.assert_allclose(np.asarray(bf, np.float32), np.asarray(want), atol=0.1)
 
 

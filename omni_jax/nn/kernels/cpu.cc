@@ -270,7 +270,6 @@ ffi::Error DecodeAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::B
   return ffi::Error::Success();
 }
 
-
 // ---------------------------------------------------------------- segment attention
 
 typedef int32_t vi16 __attribute__((vector_size(64), aligned(4)));
